@@ -1,0 +1,1 @@
+"""Neural network modules with the official KDTalker / LivePortrait state-dict layouts."""

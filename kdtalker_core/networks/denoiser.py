@@ -1,0 +1,445 @@
+"""KDTalker motion denoiser: a temporal transformer predicting the DDIM noise of 70-d motion tokens.
+
+Architecture (official ``SimpleTransModel`` inside ``PointModel``; full size dim 768, 6 layers):
+
+* time: sinusoidal embedding of the timestep (``dim`` channels, [sin | cos]) -> Linear(dim, 256)
+  -> SiLU -> Linear(256, 256). Conditioning per token = [time embedding (256), context (512)].
+* tokens: Linear(70, dim), then per layer two conditioned residual blocks and one pre-norm
+  self-attention over time with T5 relative position bias and partial rotary embedding, then
+  Linear(dim, 70).
+
+The state dict is exactly ``ckpt['model']`` of KDTalker.pth (prefix ``point_model.model.``). The
+official shared rotary ``freqs`` appears once per layer; here each attention layer owns a copy
+(see :class:`~kdtalker_core.networks.denoiser_blocks.RotaryFrequencies`), so a strict load works.
+
+Speed: the SiLU of the concatenated conditioning splits exactly into a time part and a context
+part, so each block's (scale, shift) is ``W_t silu(t_emb) + W_c silu(context) + b``. The context
+part is computed once per sampling window, the time part once per distinct timestep (cached),
+and the relative position bias and rotary tables once per sequence length. The per-step work is
+then the token projections and attention only. Everything runs in the parameters' dtype
+(``model.to(torch.bfloat16)`` for bf16; matrix products accumulate in float32), except the small
+time MLP, which always runs in float32.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kdtalker_core.attention import attention
+from kdtalker_core.errors import InputError
+from kdtalker_core.networks.denoiser_blocks import DenoiserBody, PointModelSlot
+
+#: eps-prediction callable used by the sampler: (x_t (B,N,70), t (B,) int64) -> eps (B,N,70).
+EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+_LN_EPS = 1e-5
+_MAX_TIME_CACHE = 4096
+
+
+def _mkl_packing_available() -> bool:
+    """True when this PyTorch build exposes MKL's pre-packed float32 GEMM (x86 CPU builds with MKL)."""
+    return (
+        torch.backends.mkl.is_available()
+        and hasattr(torch.ops.mkl, "_mkl_reorder_linear_weight")
+        and hasattr(torch.ops.mkl, "_mkl_linear")
+    )
+
+
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+            packed: torch.Tensor | None, rows: int) -> torch.Tensor:
+    """``x @ weight.T + bias``; with ``packed`` (MKL pre-packed weight for ``rows`` rows of x) the
+    weight is not re-packed on every call, which matters for the denoiser's ~66-row products."""
+    if packed is None:
+        return F.linear(x, weight, bias)
+    return torch.ops.mkl._mkl_linear(x, packed, weight, bias, rows)
+
+
+def timestep_embedding(timesteps: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal timestep features (B, 2 * (dim // 2)) float32, laid out [sin | cos] (not interleaved).
+
+    Frequency i of ``half = dim // 2`` is ``exp(-ln(10000) * i / (half - 1))``; the angle is
+    ``timestep * frequency`` (timesteps are diffusion step indices, e.g. 0..999).
+    """
+    half = dim // 2
+    step = math.log(10000) / (half - 1)
+    freqs = torch.exp(torch.arange(half, device=timesteps.device, dtype=torch.float32) * -step)
+    angles = timesteps[:, None].float() * freqs[None, :]
+    return torch.cat((angles.sin(), angles.cos()), dim=-1)
+
+
+def relative_position_bucket(
+    num_frames: int,
+    num_buckets: int = 32,
+    max_distance: int = 128,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """T5 relative-position buckets (F, F) int64; entry [i, j] buckets ``i - j`` (query i, key j).
+
+    Half of the buckets hold non-negative differences (0 .. num_buckets/2 - 1), the other half
+    negative ones. Distances below a quarter of ``num_buckets`` get their own bucket; larger ones are
+    log-spaced up to ``max_distance`` and clipped to the last bucket of their half.
+    """
+    pos = torch.arange(num_frames, dtype=torch.long, device=device)
+    diff = pos[:, None] - pos[None, :]  # i - j
+    half = num_buckets // 2
+    bucket = (diff < 0).long() * half
+    dist = diff.abs()
+    exact = half // 2
+    # log of 0 is never selected below; clamp only to keep the discarded branch finite
+    far = exact + (
+        torch.log(dist.clamp(min=1).float() / exact) / math.log(max_distance / exact) * (half - exact)
+    ).long()
+    far = far.clamp(max=half - 1)
+    return bucket + torch.where(dist < exact, dist, far)
+
+
+@dataclass
+class _Plan:
+    """Flat tensor lists and per-size caches for one parameter state (dtype, device, versions)."""
+
+    signature: tuple
+    dtype: torch.dtype
+    res: list[tuple[torch.Tensor, ...]]  # (w1, b1, w2, b2, w_time, w_ctx, b_mod, gamma, beta)
+    attn: list[tuple[torch.Tensor, ...]]  # (ln_gamma, ln_beta, w_qkv, w_proj, b_proj, freqs)
+    rope: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = field(default_factory=dict)
+    bias: dict[int, torch.Tensor] = field(default_factory=dict)
+    time: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    packed_rows: int = 0  # row count the packed weights were prepared for (0: none)
+    packed: list[tuple[torch.Tensor | None, ...]] = field(default_factory=list)  # per layer
+
+    def packed_for(self, rows: int) -> list[tuple[torch.Tensor | None, ...]]:
+        """Per layer (block1, block2, block1', block2', qkv, proj) MKL-packed weights, or Nones.
+
+        Packing is used for float32 CPU weights only; it keeps one packed copy of the layer weights
+        (the size of the weights) for the most recent row count.
+        """
+        layers = len(self.attn)
+        device = self.attn[0][2].device if layers else torch.device("cpu")
+        if device.type != "cpu" or self.dtype != torch.float32 or not _mkl_packing_available():
+            return [(None,) * 6] * layers
+        if self.packed_rows != rows:
+            self.packed = []
+            pack = torch.ops.mkl._mkl_reorder_linear_weight
+            for layer in range(layers):
+                a, b = self.res[2 * layer], self.res[2 * layer + 1]
+                self.packed.append((
+                    pack(a[0], rows), pack(a[2], rows), pack(b[0], rows), pack(b[2], rows),
+                    pack(self.attn[layer][2], rows), pack(self.attn[layer][3], rows),
+                ))
+            self.packed_rows = rows
+        return self.packed
+
+
+class MotionDenoiser(nn.Module):
+    """KDTalker's noise predictor over per-frame 70-d motion tokens (official weight layout).
+
+    Args:
+        dim: token width (768 official). Heads = ``dim // 64`` unless ``heads`` is given.
+        num_layers: transformer layers (6 official).
+        in_channels: motion vector size (70); also the output size unless ``out_channels``.
+        context_dim: audio feature size per token (512).
+        timestep_embed_dim: time MLP width (256).
+        heads, rotary_dim: default ``dim // 64`` and ``min(32, heads)`` (official rules).
+        num_buckets, max_distance: relative position bias buckets (32, 128).
+        attention_backend: passed to :func:`kdtalker_core.attention.attention` ("auto" by default).
+    """
+
+    def __init__(
+        self,
+        dim: int = 768,
+        num_layers: int = 6,
+        in_channels: int = 70,
+        context_dim: int = 512,
+        timestep_embed_dim: int = 256,
+        heads: int | None = None,
+        rotary_dim: int | None = None,
+        num_buckets: int = 32,
+        max_distance: int = 128,
+        out_channels: int | None = None,
+        attention_backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        heads = dim // 64 if heads is None else heads
+        if heads < 1:
+            raise InputError(f"MotionDenoiser needs dim >= 64 (one 64-channel head), got dim={dim}.")
+        rotary_dim = min(32, heads) if rotary_dim is None else rotary_dim
+        self.dim = dim
+        self.heads = heads
+        self.head_dim = dim // heads
+        self.rotary_dim = rotary_dim
+        self.in_channels = in_channels
+        self.context_dim = context_dim
+        self.timestep_embed_dim = timestep_embed_dim
+        self.attention_backend = attention_backend
+        if 2 * (rotary_dim // 2) > self.head_dim:
+            raise InputError(f"rotary_dim {rotary_dim} exceeds the head size {self.head_dim}.")
+        self.point_model = PointModelSlot(DenoiserBody(
+            dim=dim, num_layers=num_layers, heads=heads, rotary_dim=rotary_dim,
+            in_channels=in_channels, out_channels=in_channels if out_channels is None else out_channels,
+            context_dim=context_dim, timestep_embed_dim=timestep_embed_dim,
+            num_buckets=num_buckets, max_distance=max_distance,
+        ))
+        self._plan: _Plan | None = None
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    @property
+    def body(self) -> DenoiserBody:
+        """The parameter tree (``point_model.model``)."""
+        return self.point_model.model
+
+    def invalidate_caches(self) -> None:
+        """Drop cached tables; needed only after editing parameters through ``.data`` in place."""
+        self._plan = None
+
+    def _apply(self, fn, *args, **kwargs):  # .to() / .cuda() / .bfloat16(): drop tables of the old state
+        self._plan = None
+        return super()._apply(fn, *args, **kwargs)
+
+    def _get_plan(self) -> _Plan:
+        """The plan for the current parameters, rebuilt when any parameter moved or changed."""
+        params = list(self.parameters())
+        dtype = self.body.input_projection.weight.dtype
+        signature = (dtype, tuple((p.data_ptr(), p._version) for p in params))
+        plan = self._plan
+        if plan is not None and plan.signature == signature:
+            return plan
+        t = self.timestep_embed_dim
+        res, attn = [], []
+        for block_a, block_b, attn_wrap in self.body.layers:
+            for block in (block_a, block_b):
+                lin = block.mlp[1]
+                res.append((
+                    block.block1.proj.weight.detach(), block.block1.proj.bias.detach(),
+                    block.block2.proj.weight.detach(), block.block2.proj.bias.detach(),
+                    lin.weight.detach()[:, :t], lin.weight.detach()[:, t:], lin.bias.detach(),
+                    block.block1.norm.gamma.detach().reshape(-1), block.block1.norm.beta.detach().reshape(-1),
+                ))
+            pre = attn_wrap.fn
+            attn.append((
+                pre.norm.gamma.detach().reshape(-1), pre.norm.beta.detach().reshape(-1),
+                pre.fn.to_qkv.weight.detach(), pre.fn.proj.weight.detach(), pre.fn.proj.bias.detach(),
+                pre.fn.rotary_emb.freqs.detach(),
+            ))
+        plan = _Plan(signature=signature, dtype=dtype, res=res, attn=attn)
+        self._plan = plan
+        return plan
+
+    # ------------------------------------------------------------------ small public pieces
+
+    def time_embedding(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """Time MLP output (B, timestep_embed_dim) float32 for (B,) integer timesteps."""
+        mlp = self.body.time_mlp
+        emb = timestep_embedding(timesteps.reshape(-1), self.dim)
+        emb = F.linear(emb, mlp[1].weight.float(), mlp[1].bias.float())
+        return F.linear(F.silu(emb), mlp[3].weight.float(), mlp[3].bias.float())
+
+    def relative_position_bias(self, num_frames: int) -> torch.Tensor:
+        """Additive attention bias (heads, F, F) in the parameters' dtype; cached per ``num_frames``."""
+        plan = self._get_plan()
+        bias = plan.bias.get(num_frames)
+        if bias is None:
+            table = self.body.time_rel_pos_bias
+            weight = table.relative_attention_bias.weight.detach()
+            buckets = relative_position_bucket(
+                num_frames, table.num_buckets, table.max_distance, device=weight.device
+            )
+            bias = weight[buckets].permute(2, 0, 1).contiguous()
+            plan.bias[num_frames] = bias
+        return bias
+
+    def _rotary_tables(self, plan: _Plan, num_frames: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer (cos, signed sin), each (F, 1, 1, r), r = rotated channels; cached per length.
+
+        Channels (2i, 2i+1) rotate by angle ``position * freqs[i]``: with ``swap`` exchanging each
+        pair, ``rotated = x * cos + swap(x) * sin_signed`` where sin_signed = (-sin, +sin) per pair.
+        """
+        tables = plan.rope.get(num_frames)
+        if tables is None:
+            tables = []
+            for *_, freqs in plan.attn:
+                pos = torch.arange(num_frames, device=freqs.device, dtype=torch.float32)
+                angles = pos[:, None] * freqs.float()[None, :]
+                cos = angles.cos().repeat_interleave(2, dim=-1)
+                sin = torch.stack((-angles.sin(), angles.sin()), dim=-1).flatten(-2)
+                shape = (num_frames, 1, 1, cos.shape[-1])
+                tables.append((cos.reshape(shape).to(plan.dtype), sin.reshape(shape).to(plan.dtype)))
+            plan.rope[num_frames] = tables
+        return tables
+
+    def _time_modulation(self, plan: _Plan, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Time part of every block's modulation: (gamma * scale_t, beta * scale_t + shift_t).
+
+        Both (R, B, 1, dim) in the compute dtype, R = 2 * num_layers; the block's mlp bias is
+        included here. Cached per tuple of timestep values when the timesteps live on the CPU
+        (reading them costs no device sync there).
+        """
+        key = tuple(timesteps.tolist()) if timesteps.device.type == "cpu" else None
+        if key is not None and key in plan.time:
+            return plan.time[key]
+        device = plan.res[0][0].device if plan.res else timesteps.device
+        act = F.silu(self.time_embedding(timesteps.to(device)))
+        scales, shifts = [], []
+        for *_, w_time, _w_ctx, b_mod, gamma, beta in plan.res:
+            mod = F.linear(act.to(w_time.dtype), w_time, b_mod).float()
+            scale, shift = mod.chunk(2, dim=-1)
+            scales.append(gamma.float() * scale)
+            shifts.append(beta.float() * scale + shift)
+        out = (
+            torch.stack(scales)[:, :, None, :].to(plan.dtype),
+            torch.stack(shifts)[:, :, None, :].to(plan.dtype),
+        )
+        if key is not None:
+            if len(plan.time) >= _MAX_TIME_CACHE:
+                plan.time.clear()
+            plan.time[key] = out
+        return out
+
+    def _context_modulation(self, plan: _Plan, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Context part of every block's modulation: (gamma * (1 + scale_c), beta * (1 + scale_c) + shift_c).
+
+        ``context`` (B, F, context_dim); returns two (R, B, F, dim) tensors in the compute dtype.
+        """
+        act = F.silu(context.to(plan.dtype))
+        scales, shifts = [], []
+        for *_, w_ctx, _b_mod, gamma, beta in plan.res:
+            scale, shift = F.linear(act, w_ctx).chunk(2, dim=-1)
+            scale = scale + 1.0
+            scales.append(gamma * scale)
+            shifts.append(torch.addcmul(shift, beta, scale))
+        return torch.stack(scales), torch.stack(shifts)
+
+    # ------------------------------------------------------------------ the network
+
+    def _trunk(
+        self,
+        plan: _Plan,
+        x: torch.Tensor,
+        mod_scale: torch.Tensor,
+        mod_shift: torch.Tensor,
+        rope: list[tuple[torch.Tensor, torch.Tensor]],
+        bias: torch.Tensor,
+    ) -> torch.Tensor:
+        """All layers on projected tokens x (B, F, dim); mod_* (R, B, F, dim) full modulation."""
+        b, n, d = x.shape
+        rows = b * n
+        heads, head_dim = self.heads, self.head_dim
+        rot = rope[0][0].shape[-1] if rope else 0
+        scale = head_dim**-0.5
+        packed = plan.packed_for(rows)
+        for layer, (ln_g, ln_b, w_qkv, w_proj, b_proj, _freqs) in enumerate(plan.attn):
+            pk = packed[layer]
+            for j, r in enumerate((2 * layer, 2 * layer + 1)):
+                w1, b1, w2, b2 = plan.res[r][:4]
+                h = F.layer_norm(_linear(x, w1, b1, pk[2 * j], rows), (d,), eps=_LN_EPS)
+                h = F.silu(torch.addcmul(mod_shift[r], h, mod_scale[r]), inplace=True)
+                h = F.silu(_linear(h, w2, b2, pk[2 * j + 1], rows), inplace=True)
+                x = h.add_(x)
+            y = F.layer_norm(x, (d,), ln_g, ln_b, eps=_LN_EPS)
+            qkv = _linear(y, w_qkv, None, pk[4], rows).view(b, n, 3, heads, head_dim)
+            if rot:
+                cos, sin = rope[layer]
+                part = qkv[:, :, :2, :, :rot]
+                swapped = part.unflatten(-1, (rot // 2, 2)).flip(-1).flatten(-2)
+                part.mul_(cos).addcmul_(swapped, sin)
+            q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))
+            out = attention(q, k, v, bias, backend=self.attention_backend, scale=scale)
+            out = out.transpose(1, 2).reshape(b, n, heads * head_dim)
+            x = _linear(out, w_proj, b_proj, pk[5], rows).add_(x)
+        return x
+
+    def forward(
+        self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Predict the noise of every token.
+
+        Args:
+            x: (B, F, in_channels) motion tokens.
+            timesteps: (B,) int64 diffusion timesteps (0..999); a scalar is broadcast over B.
+            context: (B, F, context_dim) per-token audio features; None means zeros.
+
+        Returns:
+            (B, F, out_channels) in the dtype of ``x``. Inference only (no autograd graph).
+        """
+        with torch.inference_mode():
+            plan = self._get_plan()
+            b, n, _ = x.shape
+            if context is None:
+                context = x.new_zeros(b, n, self.context_dim)
+            if context.shape[:2] != (b, n):
+                raise InputError(f"context {tuple(context.shape)} must match x {tuple(x.shape)} in (B, F).")
+            t = _as_batch_timesteps(timesteps, b)
+            c_scale, c_shift = self._context_modulation(plan, context)
+            t_scale, t_shift = self._time_modulation(plan, t)
+            body = self.body
+            h = F.linear(x.to(plan.dtype), body.input_projection.weight, body.input_projection.bias)
+            h = self._trunk(plan, h, c_scale + t_scale, c_shift + t_shift,
+                            self._rotary_tables(plan, n), self.relative_position_bias(n))
+            out = F.linear(h, body.output_projection.weight, body.output_projection.bias)
+            return out.to(x.dtype)
+
+    def window_eps_fn(self, ori_kps: torch.Tensor, ref_kps: torch.Tensor, aud_feat: torch.Tensor) -> EpsFn:
+        """Noise predictor for one sampling window with the official conditioning.
+
+        Tokens are [ori_kps, ref_kps, x_t] and the context is [0, 0, aud_feat]; the eps of the
+        x_t tokens is returned. Everything that does not depend on x_t or t (context modulation,
+        projected conditioning tokens, relative bias, rotary tables) is computed here once.
+
+        Args:
+            ori_kps: (B, 70) source token ``[zeros(7), normalised kp(63)]``.
+            ref_kps: (B, 70) reference motion (the previous window's last frame, or the source).
+            aud_feat: (B, N, context_dim) audio features of the window's N frames.
+
+        Returns:
+            ``eps_fn(x_t (B, N, 70), t (B,) int64 or scalar) -> eps (B, N, 70)`` in x_t's dtype.
+        """
+        if aud_feat.dim() != 3 or ori_kps.shape != ref_kps.shape or ori_kps.shape[0] != aud_feat.shape[0]:
+            raise InputError(
+                "window_eps_fn expects ori_kps (B,70), ref_kps (B,70), aud_feat (B,N,512); got "
+                f"{tuple(ori_kps.shape)}, {tuple(ref_kps.shape)}, {tuple(aud_feat.shape)}."
+            )
+        with torch.inference_mode():
+            plan = self._get_plan()
+            b, n, _ = aud_feat.shape
+            tokens = n + 2
+            body = self.body
+            w_in, b_in = body.input_projection.weight, body.input_projection.bias
+            w_out, b_out = body.output_projection.weight, body.output_projection.bias
+            dtype, device = plan.dtype, w_in.device
+            context = torch.cat([aud_feat.new_zeros(b, 2, aud_feat.shape[-1]), aud_feat], dim=1)
+            c_scale, c_shift = self._context_modulation(plan, context.to(device))
+            cond = torch.stack([ori_kps, ref_kps], dim=1).to(device=device, dtype=dtype)
+            cond_tokens = F.linear(cond, w_in, b_in)
+            rope = self._rotary_tables(plan, tokens)
+            bias = self.relative_position_bias(tokens)
+
+            scale_buf, shift_buf = torch.empty_like(c_scale), torch.empty_like(c_shift)
+
+        def eps_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            with torch.inference_mode():
+                steps = _as_batch_timesteps(t, b)
+                t_scale, t_shift = self._time_modulation(plan, steps)
+                # reused buffers: a fresh multi-MB tensor per step costs page faults on the CPU
+                torch.add(c_scale, t_scale, out=scale_buf)
+                torch.add(c_shift, t_shift, out=shift_buf)
+                h = torch.cat([cond_tokens, F.linear(x_t.to(dtype), w_in, b_in)], dim=1)
+                h = self._trunk(plan, h, scale_buf, shift_buf, rope, bias)
+                return F.linear(h[:, 2:], w_out, b_out).to(x_t.dtype)
+
+        return eps_fn
+
+
+def _as_batch_timesteps(t: torch.Tensor | int, batch: int) -> torch.Tensor:
+    """Timesteps as a (batch,) int64 tensor on their own device; a scalar or 1-element input is repeated."""
+    t = torch.as_tensor(t).long().reshape(-1)
+    if t.numel() == 1 and batch != 1:
+        t = t.expand(batch)
+    if t.numel() != batch:
+        raise InputError(f"got {t.numel()} timesteps for a batch of {batch}.")
+    return t

@@ -1,0 +1,36 @@
+"""ComfyUI nodes of ComfyUI-KDTalker (V3 schema). Adapters only: all the work is in kdtalker_core."""
+
+from __future__ import annotations
+
+from .all_in_one import KDTalker
+from .audio import KDTalkerEncodeAudio
+from .models import KDTalkerLoadModels, register_model_folders
+from .motion import KDTalkerSampleMotion
+from .motion_tools import (
+    KDTalkerBlendMotion,
+    KDTalkerLoadMotion,
+    KDTalkerPlotMotion,
+    KDTalkerSaveMotion,
+    KDTalkerScaleMotion,
+    KDTalkerStillHead,
+)
+from .portrait import KDTalkerPreparePortrait
+from .render import KDTalkerRender
+
+#: Every node, in menu order. Node ids are stable: never rename one that has shipped.
+NODES = [
+    KDTalkerLoadModels,
+    KDTalker,
+    KDTalkerPreparePortrait,
+    KDTalkerEncodeAudio,
+    KDTalkerSampleMotion,
+    KDTalkerRender,
+    KDTalkerScaleMotion,
+    KDTalkerStillHead,
+    KDTalkerBlendMotion,
+    KDTalkerSaveMotion,
+    KDTalkerLoadMotion,
+    KDTalkerPlotMotion,
+]
+
+__all__ = ["NODES", "register_model_folders", *(n.__name__ for n in NODES)]

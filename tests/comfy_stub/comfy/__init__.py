@@ -1,0 +1,1 @@
+"""Stand-in for the ``comfy`` package (only ``comfy.utils`` and ``comfy.model_management``)."""

@@ -1,0 +1,1 @@
+"""Stand-in for ``comfy_api`` (only ``comfy_api.latest``)."""

@@ -1,0 +1,485 @@
+"""The ComfyUI nodes, run in-process against a ComfyUI stand-in (tests/comfy_stub).
+
+The package is imported exactly the way ComfyUI imports a custom node folder (``__init__.py`` as a
+package named after its path, then ``comfy_entrypoint()``). Checks: every node's V3 schema, model
+folder registration, the "models not found" message, progress / cancel, the motion utilities, the
+example workflows (node types and link types), and a full run of the example workflows on random
+full-size weights written in the official file layout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import math
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+STUB = ROOT / "tests" / "comfy_stub"
+if str(STUB) not in sys.path:
+    sys.path.insert(0, str(STUB))
+
+import comfy.model_management as mm  # noqa: E402
+import comfy.utils  # noqa: E402
+import folder_paths  # noqa: E402
+from comfy_api.latest import ComfyExtension, io  # noqa: E402
+
+WORKFLOWS = ROOT / "workflows"
+SPEECH = ROOT / "tests" / "data" / "speech_16k_mono.wav"
+PORTRAIT = ROOT / "kdtalker_core" / "assets" / "sample_portrait.jpg"
+OUR_TYPES = {"KDTALKER_MODELS", "KDTALKER_PORTRAIT", "KDTALKER_AUDIO_FEATURES", "KDTALKER_MOTION"}
+CORE_TYPES = {"IMAGE", "MASK", "AUDIO", "FLOAT", "INT", "BOOLEAN", "COMBO", "STRING"}
+WIDGET_TYPES = {"INT", "FLOAT", "BOOLEAN", "COMBO", "STRING"}
+
+# Sockets of the ComfyUI core / VideoHelperSuite nodes the example workflows use (from their source:
+# nodes.py LoadImage/PreviewImage, comfy_extras/nodes_audio.py LoadAudio, comfy_extras/nodes_video.py
+# CreateVideo/SaveVideo, videohelpersuite/nodes.py VideoCombine). inputs: name -> accepted types.
+FOREIGN_NODES: dict[str, tuple[dict[str, set[str]], list[str]]] = {
+    "LoadImage": ({}, ["IMAGE", "MASK"]),
+    "LoadAudio": ({}, ["AUDIO"]),
+    "PreviewImage": ({"images": {"IMAGE"}}, []),
+    "CreateVideo": ({"images": {"IMAGE"}, "fps": {"FLOAT"}, "audio": {"AUDIO"}, "bit_depth": {"INT"}},
+                    ["VIDEO"]),
+    "SaveVideo": ({"video": {"VIDEO"}}, ["VIDEO"]),
+    "VHS_VideoCombine": ({"images": {"IMAGE", "LATENT"}, "frame_rate": {"FLOAT", "INT"}, "audio": {"AUDIO"},
+                          "meta_batch": {"VHS_BatchManager"}, "vae": {"VAE"}}, ["VHS_FILENAMES"]),
+}
+FRONTEND_ONLY = {"Note", "MarkdownNote"}
+
+
+# ----------------------------------------------------------------------------------------- loading
+
+
+def _import_like_comfyui(package_dir: Path):
+    """What ComfyUI's ``load_custom_node`` does for a custom-node folder."""
+    module_name = str(package_dir).replace(".", "_x_")
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, package_dir / "__init__.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def comfy_root(tmp_path_factory) -> Path:
+    """A fresh ComfyUI base folder (models/, input/, output/) for this module."""
+    root = tmp_path_factory.mktemp("comfyui")
+    folder_paths.set_base_path(str(root))
+    for d in ("models", "input", "output", "temp"):
+        (root / d).mkdir()
+    return root
+
+
+@pytest.fixture(scope="module")
+def extra_liveportrait(comfy_root) -> Path:
+    """A liveportrait folder outside models/, added as extra_model_paths.yaml would (before us)."""
+    extra = comfy_root / "elsewhere" / "liveportrait"
+    extra.mkdir(parents=True)
+    folder_paths.add_model_folder_path("liveportrait", str(extra))
+    return extra
+
+
+@pytest.fixture(scope="module")
+def package(comfy_root, extra_liveportrait):
+    module = _import_like_comfyui(ROOT)
+    extension = asyncio.run(module.comfy_entrypoint())
+    assert isinstance(extension, ComfyExtension)
+    asyncio.run(extension.on_load())
+    nodes = asyncio.run(extension.get_node_list())
+    return module, {n.GET_SCHEMA().node_id: n for n in nodes}
+
+
+@pytest.fixture(scope="module")
+def nodes(package) -> dict[str, type[io.ComfyNode]]:
+    return package[1]
+
+
+# ----------------------------------------------------------------------------------------- schema
+
+
+def test_entrypoint_registers_every_node_with_a_valid_schema(nodes):
+    assert len(nodes) >= 12
+    expected = {"KDTalker", "KDTalkerLoadModels", "KDTalkerPreparePortrait", "KDTalkerEncodeAudio",
+                "KDTalkerSampleMotion", "KDTalkerRender", "KDTalkerScaleMotion", "KDTalkerStillHead",
+                "KDTalkerBlendMotion", "KDTalkerSaveMotion", "KDTalkerLoadMotion", "KDTalkerPlotMotion"}
+    assert expected <= set(nodes)
+    for node_id, cls in nodes.items():
+        schema = cls.GET_SCHEMA()
+        assert node_id.startswith("KDTalker")
+        assert schema.category == "KDTalker" or schema.category.startswith("KDTalker/")
+        assert schema.display_name and "KDTalker" in schema.display_name
+        assert schema.description
+        for inp in schema.inputs:
+            assert inp.tooltip and len(inp.tooltip) > 10, f"{node_id}.{inp.id} has no tooltip"
+            assert inp.io_type in OUR_TYPES | CORE_TYPES, (node_id, inp.id, inp.io_type)
+            if inp.io_type == "COMBO" and inp.default is not None:  # file lists may be empty
+                assert inp.default in inp.options, (node_id, inp.id)
+            if inp.io_type in ("INT", "FLOAT"):
+                assert inp.min <= inp.default <= inp.max, (node_id, inp.id)
+        for out in schema.outputs:
+            assert out.io_type in OUR_TYPES | CORE_TYPES, (node_id, out.id, out.io_type)
+            assert out.tooltip
+
+
+def test_custom_types_are_ours_and_consistent(nodes):
+    """Every custom socket type some node outputs is consumed somewhere, and vice versa."""
+    produced = {o.io_type for c in nodes.values() for o in c.GET_SCHEMA().outputs} & OUR_TYPES
+    consumed = {i.io_type for c in nodes.values() for i in c.GET_SCHEMA().inputs} & OUR_TYPES
+    assert produced == consumed == OUR_TYPES
+
+
+def test_image_outputs_are_comfy_images_and_video_sockets_match(nodes):
+    render = nodes["KDTalkerRender"].GET_SCHEMA()
+    assert [o.io_type for o in render.outputs] == ["IMAGE", "MASK", "AUDIO", "FLOAT"]
+    one = nodes["KDTalker"].GET_SCHEMA()
+    assert [o.io_type for o in one.outputs] == ["IMAGE", "AUDIO", "FLOAT"]
+    assert [i.io_type for i in one.inputs[:3]] == ["IMAGE", "AUDIO", "KDTALKER_MODELS"]
+
+
+def test_model_folders_registered_after_extra_model_paths(package, comfy_root, extra_liveportrait):
+    kd = folder_paths.get_folder_paths("kdtalker")
+    lp = folder_paths.get_folder_paths("liveportrait")
+    assert str(comfy_root / "models" / "kdtalker") in kd
+    assert lp[0] == str(extra_liveportrait), "a folder from extra_model_paths.yaml keeps its priority"
+    assert str(comfy_root / "models" / "liveportrait") in lp
+    assert {".pth", ".safetensors"} <= folder_paths.folder_names_and_paths["kdtalker"][1]
+
+
+def test_missing_models_error_names_files_folders_and_sources(nodes, comfy_root):
+    from kdtalker_core.errors import ModelFileError
+
+    with pytest.raises(ModelFileError) as info:
+        nodes["KDTalkerLoadModels"].execute(kdtalker_checkpoint="auto", wav2lip_checkpoint="auto",
+                                            liveportrait="auto", precision="fp32", attention="auto",
+                                            device="cpu", use_ema=False)
+    message = str(info.value)
+    assert "KDTalker.pth" in message
+    assert str(comfy_root / "models" / "kdtalker") in message
+    assert "huggingface.co" in message
+
+
+# ----------------------------------------------------------------------------------------- helpers
+
+
+def _speech(seconds: float) -> dict[str, Any]:
+    from kdtalker_core.audio import load_audio_file
+
+    wav, sr = load_audio_file(SPEECH)
+    return {"waveform": wav[None, :, : int(round(seconds * sr))].float(), "sample_rate": sr}
+
+
+def _portrait_image() -> torch.Tensor:
+    import imageio.v3 as iio
+
+    return torch.from_numpy(np.asarray(iio.imread(PORTRAIT))[..., :3].copy()).float().div(255)[None]
+
+
+def _motion(frames: int = 30, fps: float = 25.0, seed: int = 0):
+    from kdtalker_core.motion import Motion
+
+    g = torch.Generator().manual_seed(seed)
+    return Motion(torch.randn(frames, 70, generator=g), fps)
+
+
+class _ProgressRecorder:
+    def __init__(self) -> None:
+        self.values: list[tuple[int, int]] = []
+
+    def __call__(self, value, total, preview, node_id=None) -> None:
+        mm.throw_exception_if_processing_interrupted()  # what ComfyUI's server hook does
+        self.values.append((value, total))
+
+
+@pytest.fixture
+def progress_hook():
+    rec = _ProgressRecorder()
+    comfy.utils.set_progress_bar_global_hook(rec)
+    yield rec
+    comfy.utils.set_progress_bar_global_hook(None)
+    mm.interrupt_current_processing(False)
+
+
+def test_node_progress_maps_stages_and_honours_cancel(package, progress_hook):
+    progress_mod = sys.modules[package[0].__name__ + ".nodes.progress"]
+    progress = progress_mod.NodeProgress({"a": 1.0, "b": 3.0})
+    progress.stage("a")(1, 2)
+    progress.stage("a")(2, 2)
+    progress.stage("b")(3, 3)
+    ticks = progress_mod.TICKS
+    assert progress_hook.values == [(ticks // 8, ticks), (ticks // 4, ticks), (ticks, ticks)]
+    mm.interrupt_current_processing(True)
+    with pytest.raises(mm.InterruptProcessingException):
+        progress.stage("b")(1, 3)
+
+
+# ----------------------------------------------------------------------------------------- motion tools
+
+
+def test_motion_tools(nodes, comfy_root):
+    a, b = _motion(30, seed=1), _motion(20, seed=2)
+    scaled = nodes["KDTalkerScaleMotion"].execute(motion=a, pose_scale=0.0, expression_scale=1.0,
+                                                  reference="first")[0]
+    pose = scaled.data[:, 1:7]
+    torch.testing.assert_close(pose, pose[:1].expand_as(pose))
+    torch.testing.assert_close(scaled.data[:, 7:], a.data[:, 7:])
+
+    still = nodes["KDTalkerStillHead"].execute(motion=a)[0]
+    assert torch.equal(still.data[:, :7], a.data[:1, :7].expand(30, 7))
+
+    mixed = nodes["KDTalkerBlendMotion"].execute(motion_a=a, motion_b=b, weight=0.25)[0]
+    assert mixed.num_frames == 20
+    torch.testing.assert_close(mixed.data, 0.75 * a.data[:20] + 0.25 * b.data)
+
+    saved = nodes["KDTalkerSaveMotion"].execute(motion=a, filename_prefix="kdtalker/test")
+    assert saved[0] is a
+    files = sorted((comfy_root / "output" / "kdtalker").glob("*.motion.safetensors"))
+    assert [f.name for f in files] == ["test_00001_.motion.safetensors"]
+    choices = nodes["KDTalkerLoadMotion"].GET_SCHEMA().inputs[0].options
+    assert "kdtalker/test_00001_.motion.safetensors [output]" in choices
+    loaded = nodes["KDTalkerLoadMotion"].execute(
+        motion_file="kdtalker/test_00001_.motion.safetensors [output]")[0]
+    torch.testing.assert_close(loaded.data, a.data)
+    assert loaded.fps == a.fps
+
+    chart = nodes["KDTalkerPlotMotion"].execute(motion=a, width=256, height=128)[0]
+    assert chart.shape == (1, 128, 256, 3) and chart.dtype == torch.float32
+    assert 0.0 <= float(chart.min()) and float(chart.max()) <= 1.0 and float(chart.std()) > 0.01
+
+
+# ----------------------------------------------------------------------------------------- workflows
+
+
+def _widget_inputs(schema) -> list:
+    return [i for i in schema.inputs if i.io_type in WIDGET_TYPES]
+
+
+def _widget_values(schema, values: list) -> dict[str, Any]:
+    """widgets_values (UI order, control_after_generate adds one value) -> {input id: value}."""
+    out, k = {}, 0
+    for inp in _widget_inputs(schema):
+        out[inp.id] = values[k]
+        k += 2 if getattr(inp, "control_after_generate", None) else 1
+    assert k == len(values), f"{schema.node_id}: {len(values)} widget values for {k} widgets"
+    return out
+
+
+def _load_workflow(name: str) -> dict:
+    return json.loads((WORKFLOWS / name).read_text())
+
+
+@pytest.mark.parametrize("name", ["kdtalker_basic.json", "kdtalker_vhs.json", "kdtalker_step_by_step.json"])
+def test_workflow_nodes_and_links_are_valid(nodes, name):
+    wf = _load_workflow(name)
+    assert wf["version"] == 0.4
+    by_id = {n["id"]: n for n in wf["nodes"]}
+    assert len(by_id) == len(wf["nodes"]) and wf["last_node_id"] >= max(by_id)
+    assert wf["last_link_id"] >= max(link[0] for link in wf["links"])
+    for node in wf["nodes"]:
+        typ = node["type"]
+        assert typ in nodes or typ in FOREIGN_NODES or typ in FRONTEND_ONLY, f"unknown node type {typ}"
+        if typ in nodes:
+            schema = nodes[typ].GET_SCHEMA()
+            sockets = {i.id: i for i in schema.inputs}
+            for slot in node["inputs"]:
+                assert slot["name"] in sockets and slot["type"] == sockets[slot["name"]].io_type
+            assert [(o["name"], o["type"]) for o in node["outputs"]] == [
+                (o.id, o.io_type) for o in schema.outputs]
+            required = [i.id for i in schema.inputs if i.io_type not in WIDGET_TYPES and not i.optional]
+            linked = {s["name"] for s in node["inputs"] if s["link"] is not None}
+            assert set(required) <= linked, f"{typ} has unconnected required inputs"
+            values = _widget_values(schema, node["widgets_values"])
+            for inp in _widget_inputs(schema):
+                v = values[inp.id]
+                if inp.io_type == "COMBO":
+                    assert v in inp.options, (typ, inp.id, v)
+                elif inp.io_type in ("INT", "FLOAT"):
+                    assert inp.min <= v <= inp.max, (typ, inp.id, v)
+        elif typ in FOREIGN_NODES:
+            accepted, outputs = FOREIGN_NODES[typ]
+            for slot in node["inputs"]:
+                assert slot["name"] in accepted and slot["type"] in accepted[slot["name"]], (typ, slot)
+            assert [o["type"] for o in node["outputs"]] == outputs[: len(node["outputs"])]
+    for link_id, src, src_slot, dst, dst_slot, typ in wf["links"]:
+        out = by_id[src]["outputs"][src_slot]
+        inp = by_id[dst]["inputs"][dst_slot]
+        assert out["type"] == typ == inp["type"], f"link {link_id}: {out['type']} -> {inp['type']} as {typ}"
+        assert link_id in out["links"] and inp["link"] == link_id
+    types = {n["type"] for n in wf["nodes"]}
+    if name == "kdtalker_basic.json":
+        assert {"LoadImage", "LoadAudio", "KDTalkerLoadModels", "KDTalker", "CreateVideo",
+                "SaveVideo"} <= types
+    elif name == "kdtalker_vhs.json":
+        assert {"LoadImage", "LoadAudio", "KDTalker", "VHS_VideoCombine"} <= types
+    else:
+        assert {"KDTalkerPreparePortrait", "KDTalkerEncodeAudio", "KDTalkerSampleMotion", "KDTalkerRender",
+                "KDTalkerScaleMotion", "CreateVideo", "SaveVideo"} <= types
+        notes = [n["widgets_values"][0].lower() for n in wf["nodes"] if n["type"] in FRONTEND_ONLY]
+        assert any("upscal" in t and "face restor" in t for t in notes)
+
+
+# ----------------------------------------------------------------------------------------- full run
+
+
+def _randomize(layout, seed: int) -> dict[str, torch.Tensor]:
+    """Numerically sane random tensors for a key -> (shape, dtype) layout (stored as float16)."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for key, (shape, dtype) in layout.items():
+        if not dtype.startswith("float"):
+            out[key] = torch.zeros(shape, dtype=getattr(torch, dtype))
+        elif key.endswith("running_var"):
+            out[key] = torch.ones(shape).half()
+        elif key.endswith("running_mean") or (key.endswith("bias") and len(shape) == 1):
+            out[key] = (0.01 * torch.randn(shape, generator=g)).half()
+        elif len(shape) <= 1:
+            out[key] = (1.0 + 0.05 * torch.randn(shape, generator=g)).half()
+        else:
+            fan_in = math.prod(shape[1:])
+            out[key] = (torch.randn(shape, generator=g) * (0.5 / math.sqrt(fan_in))).half()
+    return out
+
+
+def _write_official_models(models: Path, liveportrait: Path) -> None:
+    """Random full-size weights in the official files: KDTalker.pth, wav2lip.pth, LivePortrait tree."""
+    from kdtalker_core import checkpoints as ck
+
+    kd = models / "kdtalker"
+    kd.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": _randomize(ck.official_file_layout("KDTalker.pth"), 1)}, kd / "KDTalker.pth")
+    torch.save({"state_dict": _randomize(ck.official_file_layout("wav2lip.pth"), 2)}, kd / "wav2lip.pth")
+    (liveportrait / "base_models").mkdir(parents=True, exist_ok=True)
+    for k, name in enumerate(ck.LIVEPORTRAIT_BASE):
+        torch.save(_randomize(ck.official_file_layout(f"{name}.pth"), 10 + k),
+                   liveportrait / "base_models" / f"{name}.pth")
+    groups: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in _randomize(ck.official_file_layout(f"{ck.STITCHING_NAME}.pth"), 20).items():
+        group, rest = key.split("/", 1)
+        groups.setdefault(group, {})[rest] = value
+    (liveportrait / "retargeting_models").mkdir(exist_ok=True)
+    torch.save(groups, liveportrait / "retargeting_models" / f"{ck.STITCHING_NAME}.pth")
+
+
+@pytest.fixture(scope="module")
+def models_handle(nodes, comfy_root, extra_liveportrait):
+    # LivePortrait goes into the extra folder: proves extra_model_paths.yaml entries are searched.
+    _write_official_models(comfy_root / "models", extra_liveportrait)
+    schema = nodes["KDTalkerLoadModels"].GET_SCHEMA()
+    options = {i.id: i.options for i in schema.inputs if i.io_type == "COMBO"}
+    assert "KDTalker.pth" in options["kdtalker_checkpoint"]
+    assert "wav2lip.pth" in options["wav2lip_checkpoint"]
+    assert str(extra_liveportrait) in options["liveportrait"]
+    handle = nodes["KDTalkerLoadModels"].execute(
+        kdtalker_checkpoint="KDTalker.pth", wav2lip_checkpoint="auto", liveportrait=str(extra_liveportrait),
+        precision="fp32", attention="auto", device="auto", use_ema=False)[0]
+    assert handle.paths.liveportrait_dir == extra_liveportrait
+    return handle
+
+
+def _run_workflow(wf: dict, nodes: dict, inputs: dict[str, Any], overrides: dict[str, dict[str, Any]],
+                  sink: Callable[[dict, dict[str, Any]], None]) -> dict[int, tuple]:
+    """Execute a UI-format workflow: node types in ``inputs`` give those outputs, our other nodes run
+    for real (``overrides`` replace widget values), foreign nodes go to ``sink(node, inputs)``.
+    Returns node id -> outputs."""
+    by_id = {n["id"]: n for n in wf["nodes"]}
+    links = {link[0]: link for link in wf["links"]}
+    results: dict[int, tuple] = {}
+    for node in sorted(wf["nodes"], key=lambda n: n["order"]):
+        typ = node["type"]
+        if typ in FRONTEND_ONLY:
+            continue
+        kwargs: dict[str, Any] = {}
+        for slot in node["inputs"]:
+            if slot["link"] is not None:
+                _, src, src_slot, _, _, _ = links[slot["link"]]
+                kwargs[slot["name"]] = results[src][src_slot]
+        if typ in inputs:
+            results[node["id"]] = inputs[typ]
+        elif typ in nodes:
+            schema = nodes[typ].GET_SCHEMA()
+            for key, value in _widget_values(schema, node["widgets_values"]).items():
+                kwargs.setdefault(key, value)
+            kwargs.update(overrides.get(typ, {}))
+            results[node["id"]] = tuple(nodes[typ].execute(**kwargs).args)
+        else:
+            sink(by_id[node["id"]], kwargs)
+            results[node["id"]] = ()
+    return results
+
+
+def _check_video_inputs(node: dict, kwargs: dict[str, Any], frames: int) -> None:
+    """What CreateVideo / VHS_VideoCombine receive: IMAGE (T,H,W,3) CPU float, AUDIO, fps."""
+    if node["type"] not in ("CreateVideo", "VHS_VideoCombine"):
+        return
+    images = kwargs["images"]
+    assert images.dtype == torch.float32 and images.device.type == "cpu" and images.ndim == 4
+    assert images.shape[0] == frames and images.shape[-1] == 3
+    assert torch.isfinite(images).all() and 0.0 <= float(images.min()) and float(images.max()) <= 1.0
+    fps = kwargs["fps" if node["type"] == "CreateVideo" else "frame_rate"]
+    assert isinstance(fps, float) and fps == 25.0
+    audio = kwargs["audio"]
+    assert audio["waveform"].ndim == 3 and audio["waveform"].dtype == torch.float32
+    assert audio["waveform"].shape[-1] == round(frames / fps * audio["sample_rate"])
+
+
+@pytest.mark.slow
+def test_example_workflows_run_end_to_end(nodes, models_handle, progress_hook):
+    """The basic and step-by-step workflows on random full-size weights, 2 frames of real speech."""
+    frames = 2
+    image, speech = _portrait_image(), _speech(frames / 25.0)
+    inputs = {"LoadImage": (image, torch.zeros(image.shape[:3])), "LoadAudio": (speech,)}
+    fast = {"steps": 2}
+    seen: list[str] = []
+
+    def sink(node, kwargs):
+        seen.append(node["type"])
+        _check_video_inputs(node, kwargs, frames)
+
+    # Load KDTalker Models gives the already loaded handle (loading is checked in the fixture)
+    inputs["KDTalkerLoadModels"] = (models_handle,)
+    for name in ("kdtalker_basic.json", "kdtalker_step_by_step.json"):
+        wf = _load_workflow(name)
+        overrides = {"KDTalker": fast, "KDTalkerSampleMotion": fast}
+        before = mm.soft_empty_cache_calls
+        results = _run_workflow(wf, nodes, inputs, overrides, sink)
+        assert mm.soft_empty_cache_calls > before, "rendering must hand memory back to ComfyUI"
+        if name == "kdtalker_step_by_step.json":
+            render_id = next(n["id"] for n in wf["nodes"] if n["type"] == "KDTalkerRender")
+            images, mask, _audio, _fps = results[render_id]
+            assert mask.shape == (1, *images.shape[1:3]) and float(mask.max()) > 0.5
+            assert images.shape[1:3] == image.shape[1:3], "paste_back keeps the photo size"
+    assert seen.count("CreateVideo") == 2 and seen.count("SaveVideo") == 2
+    assert progress_hook.values and progress_hook.values[-1][0] == progress_hook.values[-1][1]
+
+
+@pytest.mark.slow
+def test_sample_motion_seed_and_cancel(nodes, models_handle, progress_hook):
+    """Same seed -> same motion; another seed -> another; Cancel stops sampling."""
+    portrait, _preview = nodes["KDTalkerPreparePortrait"].execute(
+        image=_portrait_image(), models=models_handle, face_index=0, order="largest",
+        crop_mode="official").args
+    assert _preview.shape == (1, 256, 256, 3)
+    features, audio = nodes["KDTalkerEncodeAudio"].execute(
+        audio=_speech(1.0), models=models_handle, fps=25.0, start_seconds=0.2, duration_seconds=0.5).args
+    assert features.num_frames == 12
+    assert audio["waveform"].shape[-1] == round(12 / 25 * audio["sample_rate"])
+
+    def sample(seed):
+        return nodes["KDTalkerSampleMotion"].execute(portrait=portrait, audio_features=features,
+                                                     models=models_handle, seed=seed, steps=2, eta=0.0,
+                                                     smoothing=1.0)[0]
+
+    m1, m2, m3 = sample(7), sample(7), sample(8)
+    assert m1.num_frames == 12 and torch.equal(m1.data, m2.data) and not torch.equal(m1.data, m3.data)
+    mm.interrupt_current_processing(True)
+    with pytest.raises(mm.InterruptProcessingException):
+        sample(7)
