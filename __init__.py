@@ -1,19 +1,25 @@
-"""ComfyUI-KDTalker: ComfyUI entry point (V3). Registers the nodes; the library is kdtalker_core."""
+"""ComfyUI-KDTalker: ComfyUI entry point (V3). Registers the nodes; the library is kdtalker_core.
 
-from comfy_api.latest import ComfyExtension, io
+Outside ComfyUI (e.g. pytest walking the repository, which is also a package) ``comfy_api`` is
+absent and this module defines nothing.
+"""
 
-from .nodes import NODES, register_model_folders
+import importlib.util
 
+if importlib.util.find_spec("comfy_api") is not None:
+    from comfy_api.latest import ComfyExtension, io
 
-class KDTalkerExtension(ComfyExtension):
-    """The KDTalker node set."""
+    from .nodes import NODES, register_model_folders
 
-    async def on_load(self) -> None:
-        register_model_folders()
+    class KDTalkerExtension(ComfyExtension):
+        """The KDTalker node set."""
 
-    async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return list(NODES)
+        async def on_load(self) -> None:
+            register_model_folders()
 
+        async def get_node_list(self) -> list[type[io.ComfyNode]]:
+            return list(NODES)
 
-async def comfy_entrypoint() -> KDTalkerExtension:
-    return KDTalkerExtension()
+    async def comfy_entrypoint() -> KDTalkerExtension:
+        """ComfyUI V3 entry point."""
+        return KDTalkerExtension()

@@ -158,10 +158,8 @@ def read_torch_file(path: PathLike, *, hint: str | None = None) -> Any:
     mmap = bool(is_zip)
     try:
         return torch.load(p, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as exc:
+    except Exception as exc:  # noqa: BLE001 - refused globals, or a corrupt file (retried below)
         first_error: BaseException = exc
-    except Exception as exc:  # noqa: BLE001 - corrupt archives raise RuntimeError, EOFError, ...
-        raise _corrupt(p, f"{type(exc).__name__}: {_short(exc)}", hint) from exc
     try:
         obj = torch.load(p, map_location="cpu", weights_only=False, pickle_module=safe_unpickle, mmap=mmap)
     except safe_unpickle.UnsafePickleError as exc:
@@ -170,8 +168,10 @@ def read_torch_file(path: PathLike, *, hint: str | None = None) -> Any:
             f"delete it and download the official file.{_hint_for(p, hint)}"
         ) from exc
     except Exception as exc:  # noqa: BLE001
-        raise _corrupt(p, f"{type(exc).__name__}: {_short(exc)} (weights-only load: {_short(first_error)})",
-                       hint) from exc
+        detail = f"{type(exc).__name__}: {_short(exc)}"
+        if not isinstance(first_error, pickle.UnpicklingError):
+            detail = f"{type(first_error).__name__}: {_short(first_error)}"
+        raise _corrupt(p, detail, hint) from exc
     stubs = safe_unpickle.placeholder_names(obj)
     if stubs:
         log.info("%s: %d non-tensor classes read as inert placeholders: %s", p, len(stubs), sorted(stubs))
@@ -868,7 +868,8 @@ def find_model_files(
     Models roots are ``models_dir`` (default :func:`default_models_dir`) then ``search_dirs``; each
     root is searched in ``<root>/kdtalker`` (also its ``ckpts/`` subfolder, the layout of the
     official Hugging Face repository) for ``kdtalker.safetensors`` (preferred) or ``KDTalker.pth``,
-    ``wav2lip.pth`` and ``norm.npz``, and in ``<root>/liveportrait`` for either LivePortrait layout
+    ``wav2lip.pth`` and ``norm.npz``, and in ``<root>/liveportrait`` (then
+    ``<root>/kdtalker/pretrained_weights/liveportrait``) for either LivePortrait layout
     (see :func:`liveportrait_candidates`). ``kdtalker_dirs``/``liveportrait_dirs`` are folders
     searched first (e.g. ComfyUI's registered model folders). norm.npz falls back to the packaged
     copy. Raises :class:`ModelFileError` naming every path checked when a required file is missing.

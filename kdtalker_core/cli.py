@@ -180,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     except KDTalkerError as exc:
         if args.debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        one_line = " | ".join(part.strip() for part in str(exc).splitlines() if part.strip())
+        print(f"error: {one_line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

@@ -34,11 +34,12 @@ Deviations from the official code (all documented, none changes the golden fixtu
 * **Empty crop** (a quad entirely outside the crop box, possible only for nonsensical landmarks)
   raises FaceError instead of returning an empty array.
 
-The "square" crop mode (not in the official code) samples the FFHQ quad itself: a square of side
-``qsize`` centred at ``eye_avg + 0.1 * eye_to_mouth``, rotated with the eye line (``rotate=True``,
-the FFHQ alignment) or axis-aligned (``rotate=False``), bilinear with an antialiased pre-downscale for
-large faces and reflection padding where it leaves the photo. It always has the right aspect ratio,
-unlike the official crop, which is clamped at the photo border and then stretched to 256x256.
+The "square" crop modes (not in the official code) sample the FFHQ quad itself: a square of side
+``qsize`` centred at ``eye_avg + 0.1 * eye_to_mouth``, rotated with the face (mode ``"square"``, the
+FFHQ alignment: the eye line becomes nearly horizontal) or axis-aligned (``"square_axis"``), bilinear
+with an antialiased pre-downscale for large faces and reflection padding where it leaves the photo.
+It always has the right aspect ratio, unlike the official crop, which is clamped at the photo
+border and then stretched to 256x256.
 """
 
 from __future__ import annotations
@@ -157,7 +158,7 @@ def _dlib_models() -> tuple[Any, Any]:
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class FaceDetection:
     """One face in a photo.
 
@@ -441,7 +442,7 @@ def official_crop(image: Any, params: CropParams, *, name: str = "image") -> np.
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class PortraitCrop:
     """The 256x256 source image and where it sits in the photo.
 

@@ -173,10 +173,12 @@ def generate_motion_normalized(
     callback: WindowCallback | None = None,
     return_intermediates: bool = False,
     dtype: torch.dtype | None = None,
+    window: int = WINDOW,
 ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Sample normalised motion for ``aud_feat (T,512)`` -> ``(T,70)`` float32 on the denoiser's device.
 
-    The padded features are cut into ``n_win = ceil(T/64)`` windows of 64 frames, sampled one after
+    The padded features are cut into ``n_win = ceil(T/64)`` windows of ``window`` = 64 frames (the
+    official and trained length; other values are for experiments), sampled one after
     the other with DDIM (``steps`` steps, ``eta``): window k is conditioned on ``ori_kp (1,70)``
     and on the reference token ``input_x (1,70)`` for k = 0, else the last frame of window k-1.
 
@@ -190,7 +192,7 @@ def generate_motion_normalized(
 
     ``callback(window, n_windows, step, n_steps)`` runs after each step; an exception raised there
     propagates (use it to cancel). With ``return_intermediates`` also returns ``{"aud_feat_padded"
-    (n_win*64,512), "window_ref_kps" (n_win,70), "window_samples" (n_win,64,70)}``.
+    (n_win*window,512), "window_ref_kps" (n_win,70), "window_samples" (n_win,window,70)}``.
     """
     if steps < 1:
         raise InputError(f"steps must be >= 1, got {steps}")
@@ -198,11 +200,13 @@ def generate_motion_normalized(
     device = param.device
     token_dtype = dtype or torch.float32
     frames = aud_feat.shape[0] if aud_feat.ndim == 2 else 0
-    padded, _ = pad_audio_features(aud_feat)
-    n_win = padded.shape[0] // WINDOW
-    if init_noise is not None and tuple(init_noise.shape) != (n_win, WINDOW, MOTION_DIM):
+    if window < 1:
+        raise InputError(f"window must be >= 1 frame, got {window}")
+    padded, _ = pad_audio_features(aud_feat, window)
+    n_win = padded.shape[0] // window
+    if init_noise is not None and tuple(init_noise.shape) != (n_win, window, MOTION_DIM):
         raise InputError(
-            f"init_noise must have shape {(n_win, WINDOW, MOTION_DIM)} for {frames} frames, "
+            f"init_noise must have shape {(n_win, window, MOTION_DIM)} for {frames} frames, "
             f"got {tuple(init_noise.shape)}"
         )
     alphas_cumprod = linear_alphas_cumprod().to(device)
@@ -215,11 +219,11 @@ def generate_motion_normalized(
     refs: list[torch.Tensor] = []
     samples: list[torch.Tensor] = []
     for k in range(n_win):
-        feat_k = padded[k * WINDOW:(k + 1) * WINDOW].unsqueeze(0)
+        feat_k = padded[k * window:(k + 1) * window].unsqueeze(0)
         if init_noise is not None:
             x_T = init_noise[k].unsqueeze(0).to(device=device, dtype=torch.float32)
         else:
-            x_T = _initial_noise((1, WINDOW, MOTION_DIM), generator, device)
+            x_T = _initial_noise((1, window, MOTION_DIM), generator, device)
         eps_fn = denoiser.window_eps_fn(ori, ref.to(token_dtype), feat_k)
         step_cb = None
         if callback is not None:

@@ -20,21 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from kdtalker_core import audio as audio_mod
-from kdtalker_core import checkpoints, face, motion as motion_mod, render as render_mod
+from kdtalker_core import checkpoints, face
+from kdtalker_core import motion as motion_mod
+from kdtalker_core import render as render_mod
 from kdtalker_core.attention import set_attention_backend
 from kdtalker_core.errors import AudioError, InputError
 from kdtalker_core.keypoints import get_kp_info, transform_keypoint
-from kdtalker_core.networks.appearance import AppearanceFeatureExtractor
-from kdtalker_core.networks.audio_encoder import AudioEncoder
-from kdtalker_core.networks.denoiser import MotionDenoiser
-from kdtalker_core.networks.motion_extractor import MotionExtractor
-from kdtalker_core.networks.spade import SPADEDecoder
-from kdtalker_core.networks.stitching import STITCHING_CONFIGS, StitchingRetargetingNetwork
-from kdtalker_core.networks.warping import WarpingNetwork
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -106,13 +100,6 @@ class KDTalkerModels:
         return self
 
 
-def _load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], *, file: Any, what: str) -> None:
-    """Validate ``state`` against ``module`` (clear errors), then load it strictly."""
-    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-    checkpoints.validate_state_dict(state, expected, file=file, what=what)
-    module.load_state_dict(state, strict=True)
-
-
 def load_models(
     models_dir: str | Path | None = None,
     *,
@@ -135,30 +122,27 @@ def load_models(
         paths = checkpoints.find_model_files(models_dir)
 
     bundle = checkpoints.load_kdtalker_bundle(paths, use_ema=use_ema)
-    lp = checkpoints.load_liveportrait(paths.liveportrait_dir)
+    lp = checkpoints.load_liveportrait(paths.liveportrait or paths.liveportrait_dir)
 
-    denoiser = MotionDenoiser()
-    _load_into(denoiser, bundle.denoiser, file=bundle.denoiser_file, what="KDTalker motion denoiser")
-    audio_encoder = AudioEncoder()
-    _load_into(audio_encoder, bundle.audio_encoder, file=bundle.audio_encoder_file,
-               what="Wav2Lip audio encoder")
-    appearance = AppearanceFeatureExtractor()
-    _load_into(appearance, lp["appearance_feature_extractor"], file=lp.files["appearance_feature_extractor"],
-               what="LivePortrait appearance feature extractor (F)")
-    motion_extractor = MotionExtractor()
-    _load_into(motion_extractor, lp["motion_extractor"], file=lp.files["motion_extractor"],
-               what="LivePortrait motion extractor (M)")
-    warping = WarpingNetwork()
-    _load_into(warping, lp["warping_module"], file=lp.files["warping_module"],
-               what="LivePortrait warping network (W)")
-    spade = SPADEDecoder()
-    _load_into(spade, lp["spade_generator"], file=lp.files["spade_generator"],
-               what="LivePortrait SPADE decoder (G)")
+    def load(name: str, state: Any, file: Any, what: str) -> torch.nn.Module:
+        # Build on the CPU (fp32, strict load with clear errors), move to the device afterwards.
+        return checkpoints.load_network(name, state, file=file, what=what)
+
+    denoiser = load("denoiser", bundle.denoiser, bundle.denoiser_file, "KDTalker motion denoiser")
+    audio_encoder = load("audio_encoder", bundle.audio_encoder, bundle.audio_encoder_file,
+                         "Wav2Lip audio encoder")
+    appearance = load("appearance_feature_extractor", lp["appearance_feature_extractor"],
+                      lp.files["appearance_feature_extractor"], "LivePortrait appearance feature extractor (F)")
+    motion_extractor = load("motion_extractor", lp["motion_extractor"], lp.files["motion_extractor"],
+                            "LivePortrait motion extractor (M)")
+    warping = load("warping_module", lp["warping_module"], lp.files["warping_module"],
+                   "LivePortrait warping network (W)")
+    spade = load("spade_generator", lp["spade_generator"], lp.files["spade_generator"],
+                 "LivePortrait SPADE decoder (G)")
     stitching = None
     if lp.get("stitching_retargeting_module") is not None:
-        stitching = StitchingRetargetingNetwork(**STITCHING_CONFIGS["retarget_shoulder"])
-        _load_into(stitching, lp["stitching_retargeting_module"]["retarget_shoulder"],
-                   file=lp.files["stitching_retargeting_module"], what="LivePortrait stitching (S)")
+        stitching = load("retarget_shoulder", lp["stitching_retargeting_module"]["retarget_shoulder"],
+                         lp.files["stitching_retargeting_module"], "LivePortrait stitching (S)")
 
     models = KDTalkerModels(
         appearance_extractor=appearance,
@@ -175,8 +159,6 @@ def load_models(
     )
     for m in models.modules().values():
         m.eval().requires_grad_(False)
-    if hasattr(spade, "fuse_spectral_norm"):
-        spade.fuse_spectral_norm()
     return models.to(dev)
 
 
@@ -205,43 +187,23 @@ class Portrait:
         return self.source.permute(0, 2, 3, 1).float().cpu()
 
 
-def image_to_uint8(image: Any, name: str = "image") -> np.ndarray:
-    """Any supported photo -> (H,W,3) uint8 RGB numpy.
-
-    Accepts numpy or torch; (H,W), (H,W,1), (H,W,3), (H,W,4) or a batch of one (1,H,W,C); uint8, or
-    float in [0,1]. RGBA is composited over white; grayscale is replicated to RGB.
-    """
-    arr = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-    if arr.ndim == 4:
-        if arr.shape[0] != 1:
-            raise InputError(f"{name}: expected one photo, got a batch of {arr.shape[0]}; pick one frame")
-        arr = arr[0]
-    if arr.ndim == 2:
-        arr = arr[..., None]
-    if arr.ndim != 3 or arr.shape[-1] not in (1, 3, 4) or min(arr.shape[:2]) < 8:
-        raise InputError(f"{name}: expected an (H,W,C) photo with 1, 3 or 4 channels, got shape {arr.shape}")
-    if arr.dtype != np.uint8:
-        arr = np.clip(np.nan_to_num(arr.astype(np.float32)) * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    if arr.shape[-1] == 1:
-        arr = np.repeat(arr, 3, axis=-1)
-    elif arr.shape[-1] == 4:
-        alpha = arr[..., 3:4].astype(np.float32) / 255.0
-        arr = (arr[..., :3].astype(np.float32) * alpha + 255.0 * (1 - alpha) + 0.5).astype(np.uint8)
-    return np.ascontiguousarray(arr)
-
-
 @torch.inference_mode()
 def prepare_portrait(
     models: KDTalkerModels,
     image: Any,
     *,
     face_index: int = 0,
-    order: str = "largest",
+    order: str = "detector",
     crop_mode: str = "official",
     name: str = "image",
 ) -> Portrait:
-    """Detect and crop the face, then run F and M once: the portrait every later stage uses."""
-    photo = image_to_uint8(image, name)
+    """Detect and crop the face, then run F and M once: the portrait every later stage uses.
+
+    ``image``: (H,W), (H,W,1|3|4) or (1,H,W,C); uint8 or float [0,1]; numpy or torch (alpha is
+    dropped as the official PIL ``convert('RGB')`` does). ``order``/``face_index`` pick among
+    several faces (``"detector"`` order is the official choice: the first detection).
+    """
+    photo = face.to_rgb_uint8(image, name)
     crop = face.crop_portrait(photo, face_index=face_index, order=order, mode=crop_mode, name=name)
     dev = models.device
     source = torch.from_numpy(crop.source).to(dev).permute(2, 0, 1)[None].float().div(255.0)
@@ -292,9 +254,8 @@ def encode_audio(
     if start >= wav.shape[0]:
         raise AudioError(f"start {start_seconds:.2f} s is past the end of the audio ({wav.shape[0] / 16000:.2f} s)")
     wav = wav[start:stop]
-    windows, wav_cropped = audio_mod.audio_to_mel_windows(wav, 16000, fps=fps)
-    windows = windows.to(models.device)
-    features = audio_mod.encode_windows(models.audio_encoder, windows)
+    windows, wav_cropped = audio_mod.audio_to_mel_windows(wav.to(models.device), 16000, fps=fps)
+    features = models.audio_encoder.encode_in_chunks(windows)
     return AudioFeatures(features=features, fps=float(fps), waveform_16k=wav_cropped.float().cpu())
 
 

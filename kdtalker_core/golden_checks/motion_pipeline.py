@@ -17,6 +17,7 @@ from kdtalker_core.golden_checks._common import CheckResult, compare, load_fixtu
 from kdtalker_core.keypoints import get_rotation_matrix, transform_keypoint
 from kdtalker_core.motion import (
     NUM_KP,
+    WINDOW,
     NormStats,
     denormalize,
     driving_keypoints,
@@ -54,6 +55,7 @@ def _actual_outputs(fixture_dir: Path, meta: dict[str, Any], fx: Any) -> dict[st
             model, input_x, ori_kp, fx.inputs["aud_feat"].float(),
             steps=int(cfg.get("ddim_steps", 50)), eta=float(cfg.get("eta", 0.0)),
             init_noise=fx.inputs["init_noise"].float(), return_intermediates=True,
+            window=int(cfg.get("sample_frame", WINDOW)),
         )
     raw = denormalize(motion_norm, stats)
     smooth = smooth_motion(raw)

@@ -53,6 +53,7 @@ class GlobalResponseNorm(nn.Module):
 
     ``g = ||x||_2`` over (H,W) per channel, ``n = g / (mean_C(g) + 1e-6)``,
     ``out = gamma * (x * n) + beta + x``. ``gamma``/``beta`` have shape ``(1,1,1,C)``.
+    Evaluated as ``x * (gamma * n + 1) + beta``: one pass over the activation instead of three.
     """
 
     def __init__(self, channels: int) -> None:
@@ -64,7 +65,7 @@ class GlobalResponseNorm(nn.Module):
         """``x (B,H,W,C) -> (B,H,W,C)``."""
         g = torch.linalg.vector_norm(x, ord=2, dim=(1, 2), keepdim=True)
         n = g / (g.mean(dim=-1, keepdim=True) + 1e-6)
-        return torch.addcmul(self.beta + x, self.gamma, x * n)
+        return torch.addcmul(self.beta, x, torch.addcmul(torch.ones_like(n), self.gamma, n))
 
 
 class ConvNeXtBlock(nn.Module):

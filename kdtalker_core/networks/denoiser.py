@@ -116,8 +116,9 @@ class _Plan:
     def packed_for(self, rows: int) -> list[tuple[torch.Tensor | None, ...]]:
         """Per layer (block1, block2, block1', block2', qkv, proj) MKL-packed weights, or Nones.
 
-        Packing is used for float32 CPU weights only; it keeps one packed copy of the layer weights
-        (the size of the weights) for the most recent row count.
+        Packing is used for float32 CPU weights only (sampling windows; the plain forward does not
+        pack); it keeps one packed copy of the layer weights (about their size, 113 MB at full
+        size) for the most recent row count. Packed products equal F.linear's bit for bit.
         """
         layers = len(self.attn)
         device = self.attn[0][2].device if layers else torch.device("cpu")
@@ -325,14 +326,19 @@ class MotionDenoiser(nn.Module):
         mod_shift: torch.Tensor,
         rope: list[tuple[torch.Tensor, torch.Tensor]],
         bias: torch.Tensor,
+        packed: list[tuple[torch.Tensor | None, ...]] | None = None,
     ) -> torch.Tensor:
-        """All layers on projected tokens x (B, F, dim); mod_* (R, B, F, dim) full modulation."""
+        """All layers on projected tokens x (B, F, dim); mod_* (R, B, F, dim) full modulation.
+
+        ``packed``: per-layer MKL-packed weights from ``plan.packed_for(B * F)``, or None.
+        """
         b, n, d = x.shape
         rows = b * n
         heads, head_dim = self.heads, self.head_dim
         rot = rope[0][0].shape[-1] if rope else 0
         scale = head_dim**-0.5
-        packed = plan.packed_for(rows)
+        if packed is None:
+            packed = [(None,) * 6] * len(plan.attn)
         for layer, (ln_g, ln_b, w_qkv, w_proj, b_proj, _freqs) in enumerate(plan.attn):
             pk = packed[layer]
             for j, r in enumerate((2 * layer, 2 * layer + 1)):
@@ -418,6 +424,7 @@ class MotionDenoiser(nn.Module):
             cond_tokens = F.linear(cond, w_in, b_in)
             rope = self._rotary_tables(plan, tokens)
             bias = self.relative_position_bias(tokens)
+            packed = plan.packed_for(b * tokens)
 
             scale_buf, shift_buf = torch.empty_like(c_scale), torch.empty_like(c_shift)
 
@@ -429,7 +436,7 @@ class MotionDenoiser(nn.Module):
                 torch.add(c_scale, t_scale, out=scale_buf)
                 torch.add(c_shift, t_shift, out=shift_buf)
                 h = torch.cat([cond_tokens, F.linear(x_t.to(dtype), w_in, b_in)], dim=1)
-                h = self._trunk(plan, h, scale_buf, shift_buf, rope, bias)
+                h = self._trunk(plan, h, scale_buf, shift_buf, rope, bias, packed)
                 return F.linear(h[:, 2:], w_out, b_out).to(x_t.dtype)
 
         return eps_fn

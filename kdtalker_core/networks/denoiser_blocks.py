@@ -19,10 +19,8 @@ def rotary_frequencies(rotary_dim: int) -> torch.Tensor:
     rotates one channel fewer than it names. ``rotary_dim`` 0 or 1 gives no frequencies (no rotation).
     """
     n = rotary_dim // 2
-    if n == 0:
-        return torch.zeros(0)
-    exponents = torch.arange(0, rotary_dim, 2)[:n].float() / rotary_dim
-    return 1.0 / (10000.0**exponents)
+    exponents = torch.arange(0, rotary_dim, 2, device="cpu")[:n].float() / rotary_dim
+    return torch.empty(n).copy_(1.0 / (10000.0**exponents))
 
 
 class ChannelAffine(nn.Module):
@@ -104,7 +102,8 @@ class UnusedPositionalEncoding(nn.Module):
 
     def __init__(self, num_freqs: int = 10) -> None:
         super().__init__()
-        self.register_buffer("freq_bands", 2.0 ** torch.linspace(1, num_freqs - 1, num_freqs))
+        values = 2.0 ** torch.linspace(1, num_freqs - 1, num_freqs, device="cpu")
+        self.register_buffer("freq_bands", torch.empty(num_freqs).copy_(values))
 
 
 class SinusoidSlot(nn.Module):
@@ -118,7 +117,8 @@ class RelativePositionTable(nn.Module):
         super().__init__()
         self.num_buckets = num_buckets
         self.max_distance = max_distance
-        self.relative_attention_bias = nn.Embedding(num_buckets, heads)
+        # N(0, 1) like nn.Embedding's own init; passing the tensor keeps meta-device builds fast
+        self.relative_attention_bias = nn.Embedding(num_buckets, heads, _weight=torch.randn(num_buckets, heads))
 
 
 class DenoiserBody(nn.Module):

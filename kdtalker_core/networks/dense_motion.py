@@ -59,7 +59,8 @@ class DenseMotionNetwork(nn.Module):
         self.norm = nn.BatchNorm3d(compress, affine=True)
         self.occlusion: nn.Conv2d | None = None
         if estimate_occlusion_map:
-            self.occlusion = nn.Conv2d(self.hourglass.out_filters * reshape_depth, 1, kernel_size=7, padding=3)
+            occlusion_in = self.hourglass.out_filters * reshape_depth
+            self.occlusion = nn.Conv2d(occlusion_in, 1, kernel_size=7, padding=3)
 
     def sparse_motions(self, spatial_size: tuple[int, int, int], kp_driving: torch.Tensor,
                        kp_source: torch.Tensor) -> torch.Tensor:

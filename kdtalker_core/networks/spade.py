@@ -44,13 +44,27 @@ class SpectralNormConv2d(nn.Module):
             self.register_parameter("bias", None)
         self.weight_orig = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
         fan_in = in_channels * kernel_size * kernel_size
-        self.register_buffer("weight_u", F.normalize(torch.randn(out_channels), dim=0, eps=1e-12))
-        self.register_buffer("weight_v", F.normalize(torch.randn(fan_in), dim=0, eps=1e-12))
+        self.register_buffer("weight_u", torch.empty(out_channels))
+        self.register_buffer("weight_v", torch.empty(fan_in))
         self.register_buffer("fused_weight", None, persistent=False)
         nn.init.kaiming_uniform_(self.weight_orig, a=math.sqrt(5))
         if self.bias is not None:
             nn.init.uniform_(self.bias, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
+        self._init_singular_vectors()
         self.register_load_state_dict_pre_hook(SpectralNormConv2d._drop_fused)
+
+    @torch.no_grad()
+    def _init_singular_vectors(self, iterations: int = 20) -> None:
+        """Fresh modules only: u, v by power iteration, so sigma ~ the top singular value
+        (a checkpoint's stored u, v replace these on load)."""
+        w = self.weight_orig.reshape(self.weight_orig.shape[0], -1)
+        u = F.normalize(torch.randn(w.shape[0], device=w.device), dim=0, eps=1e-12)
+        v = F.normalize(torch.mv(w.t(), u), dim=0, eps=1e-12)
+        for _ in range(iterations):
+            u = F.normalize(torch.mv(w, v), dim=0, eps=1e-12)
+            v = F.normalize(torch.mv(w.t(), u), dim=0, eps=1e-12)
+        self.weight_u.copy_(u)
+        self.weight_v.copy_(v)
 
     @staticmethod
     def _drop_fused(module: nn.Module, *args: object) -> None:
@@ -127,7 +141,8 @@ class SPADE(nn.Module):
 
     def __init__(self, norm_nc: int, label_nc: int) -> None:
         super().__init__()
-        self.mlp_shared = nn.Sequential(nn.Conv2d(label_nc, SPADE_HIDDEN, kernel_size=3, padding=1), nn.ReLU())
+        self.mlp_shared = nn.Sequential(
+            nn.Conv2d(label_nc, SPADE_HIDDEN, kernel_size=3, padding=1), nn.ReLU())
         self.mlp_gamma = nn.Conv2d(SPADE_HIDDEN, norm_nc, kernel_size=3, padding=1)
         self.mlp_beta = nn.Conv2d(SPADE_HIDDEN, norm_nc, kernel_size=3, padding=1)
 

@@ -1,0 +1,241 @@
+"""Motion denoiser, attention backends and the DDIM sampler (small models, seconds)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from kdtalker_core import attention as attn_mod
+from kdtalker_core.attention import (
+    attention,
+    available_backends,
+    get_attention_backend,
+    set_attention_backend,
+)
+from kdtalker_core.errors import InputError
+from kdtalker_core.golden import run_fixture
+from kdtalker_core.golden_checks._common import load_fixture
+from kdtalker_core.golden_checks.denoiser import build_denoiser
+from kdtalker_core.networks.denoiser import MotionDenoiser
+from kdtalker_core.sampling import ddim_timesteps, linear_alphas_cumprod, sample_ddim
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: these models are tiny and the test machine's 2 cores are shared."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def small_fixture(golden_dir: Path):
+    """The small denoiser fixture (dim 128, 2 layers) with float32 weights."""
+    path = golden_dir / "denoiser"
+    return load_fixture(path, json.loads((path / "meta.json").read_text()))
+
+
+@pytest.fixture()
+def small_model(small_fixture) -> MotionDenoiser:
+    return build_denoiser(small_fixture.meta["config"], small_fixture.weights)
+
+
+def _window_inputs(seed: int = 0, frames: int = 16):
+    g = torch.Generator().manual_seed(seed)
+    ori = torch.randn(1, 70, generator=g)
+    ref = torch.randn(1, 70, generator=g)
+    aud = torch.randn(1, frames, 512, generator=g)
+    noise = torch.randn(1, frames, 70, generator=g)
+    return ori, ref, aud, noise
+
+
+@pytest.mark.parametrize("name", ["denoiser", "ddim_sampling"])
+def test_golden_fixture_passes(golden_dir: Path, name: str) -> None:
+    results = run_fixture(golden_dir / name)
+    assert results, "the checker compared nothing"
+    failed = [r.line() for r in results if not r.ok]
+    assert not failed, failed
+
+
+def test_full_size_state_dict_matches_kdtalker_manifest(golden_dir: Path) -> None:
+    manifest = json.loads((golden_dir / "manifests" / "KDTalker.pth.json").read_text())["keys"]
+    with torch.device("meta"):
+        model = MotionDenoiser()
+    state = model.state_dict()
+    assert list(state) == list(manifest)
+    for key, entry in manifest.items():
+        assert list(state[key].shape) == entry["shape"], key
+        assert str(state[key].dtype).removeprefix("torch.") == entry["dtype"], key
+    assert model.heads == 12 and model.rotary_dim == 12
+
+
+def test_each_layer_owns_rotary_freqs_and_loads_them_strictly(small_model: MotionDenoiser) -> None:
+    state = small_model.state_dict()
+    keys = [k for k in state if k.endswith("rotary_emb.freqs")]
+    assert len(keys) == 2
+    state[keys[1]] = state[keys[1]] * 0.5  # distinct values must land in their own layer
+    small_model.load_state_dict(state, strict=True)
+    assert torch.equal(small_model.state_dict()[keys[1]], state[keys[1]])
+    assert not torch.equal(small_model.state_dict()[keys[0]], state[keys[1]])
+
+
+def test_sdpa_and_math_backends_agree_on_small_model(small_model, small_fixture) -> None:
+    x, t, c = (small_fixture.inputs[k] for k in ("x", "timesteps", "context"))
+    small_model.attention_backend = "sdpa"
+    out_sdpa = small_model(x, t, c)
+    small_model.attention_backend = "math"
+    out_math = small_model(x, t, c)
+    torch.testing.assert_close(out_sdpa, out_math, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("bias_shape", [None, (3, 9, 9), (2, 3, 9, 9)])
+def test_attention_function_backends_agree(bias_shape) -> None:
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(2, 3, 9, 16, generator=g) for _ in range(3))
+    bias = None if bias_shape is None else torch.randn(bias_shape, generator=g)
+    ref = attention(q, k, v, bias, backend="math", scale=0.25)
+    torch.testing.assert_close(attention(q, k, v, bias, backend="sdpa", scale=0.25), ref, atol=1e-5, rtol=0)
+    # default scale is Dh ** -0.5
+    torch.testing.assert_close(attention(q, k, v, bias, backend="math"),
+                               attention(q * 0.25, k, v, bias, backend="math", scale=1.0))
+
+
+def test_xformers_backend_matches_math() -> None:
+    if not attn_mod.xformers_installed() or not torch.cuda.is_available():
+        pytest.skip("xformers backend needs the xformers package and a CUDA device")
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(1, 4, 66, 64, device="cuda", generator=g) for _ in range(3))
+    bias = torch.randn(4, 66, 66, device="cuda", generator=g)
+    out = attention(q, k, v, bias, backend="xformers")
+    torch.testing.assert_close(out, attention(q, k, v, bias, backend="math"), atol=1e-4, rtol=1e-4)
+
+
+def test_backend_selection_and_errors() -> None:
+    assert {"sdpa", "math"} <= set(available_backends("cpu"))
+    assert "xformers" not in available_backends("cpu")
+    with pytest.raises(InputError, match="Unknown attention backend"):
+        attention(*(torch.zeros(1, 1, 2, 4) for _ in range(3)), backend="flash9")
+    with pytest.raises(InputError, match="Unknown attention backend"):
+        set_attention_backend("nope")
+    previous = get_attention_backend()
+    try:
+        set_attention_backend("math")
+        assert get_attention_backend() == "math"
+        assert attn_mod.resolve_backend("auto", torch.device("cpu")) == "math"
+        assert attn_mod.resolve_backend("sdpa", torch.device("cpu")) == "sdpa"
+    finally:
+        set_attention_backend(previous)
+    assert attn_mod.resolve_backend("auto", torch.device("cpu")) in ("sdpa", "math")
+    if not attn_mod.xformers_installed():
+        with pytest.raises(InputError, match="xformers"):
+            attn_mod.resolve_backend("xformers", torch.device("cpu"))
+
+
+def test_window_eps_fn_equals_forward_on_official_token_layout(small_model) -> None:
+    ori, ref, aud, x_t = _window_inputs(frames=12)
+    t = torch.tensor([417])
+    eps = small_model.window_eps_fn(ori, ref, aud)(x_t, t)
+    tokens = torch.cat([ori[:, None], ref[:, None], x_t], dim=1)
+    context = torch.cat([torch.zeros(1, 2, 512), aud], dim=1)
+    full = small_model(tokens, t, context)
+    assert eps.shape == x_t.shape
+    torch.testing.assert_close(eps, full[:, 2:], atol=1e-6, rtol=1e-5)
+
+
+def test_cached_tables_follow_new_weights(small_model, small_fixture) -> None:
+    x, t, c = (small_fixture.inputs[k] for k in ("x", "timesteps", "context"))
+    before = small_model(x, t, c)
+    state = {k: v * 1.1 if v.is_floating_point() else v for k, v in small_fixture.weights.items()}
+    small_model.load_state_dict(state, strict=True)
+    fresh = build_denoiser(small_fixture.meta["config"], state)
+    after = small_model(x, t, c)
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, fresh(x, t, c))
+
+
+def test_bfloat16_model_runs_close_to_float32(small_model, small_fixture) -> None:
+    x, t, c = (small_fixture.inputs[k] for k in ("x", "timesteps", "context"))
+    ref = small_model(x, t, c)
+    out = small_model.to(torch.bfloat16)(x, t, c)
+    assert out.dtype == torch.float32
+    assert (out - ref).abs().max() < 0.05 * ref.abs().max()
+
+
+def test_ddim_timesteps_and_schedule() -> None:
+    assert ddim_timesteps(50).tolist() == list(range(980, -1, -20))
+    assert ddim_timesteps(10).tolist() == list(range(900, -1, -100))
+    assert ddim_timesteps(1).tolist() == [0]
+    with pytest.raises(InputError):
+        ddim_timesteps(0)
+    ac = linear_alphas_cumprod()
+    assert ac.dtype == torch.float32 and ac.shape == (1000,)
+    assert bool((ac[1:] < ac[:-1]).all())
+
+
+def test_ten_steps_run_and_differ_from_fifty(small_model) -> None:
+    ori, ref, aud, noise = _window_inputs()
+    eps_fn = small_model.window_eps_fn(ori, ref, aud)
+    ac = linear_alphas_cumprod()
+    x10 = sample_ddim(eps_fn, noise, ac, ddim_timesteps(10))
+    x50 = sample_ddim(eps_fn, noise, ac, ddim_timesteps(50))
+    assert x10.shape == noise.shape and torch.isfinite(x10).all()
+    assert not torch.allclose(x10, x50, atol=1e-3)
+
+
+def test_callback_sees_every_step_and_raising_cancels(small_model) -> None:
+    ori, ref, aud, noise = _window_inputs()
+    eps_fn = small_model.window_eps_fn(ori, ref, aud)
+    calls: list[int] = []
+
+    def counting_eps(x, t):
+        calls.append(int(t[0]))
+        return eps_fn(x, t)
+
+    seen: list[tuple[int, int]] = []
+    sample_ddim(counting_eps, noise, linear_alphas_cumprod(), ddim_timesteps(5),
+                callback=lambda i, t, x: seen.append((i, t)))
+    assert seen == [(0, 800), (1, 600), (2, 400), (3, 200), (4, 0)]
+
+    class Cancelled(Exception):
+        pass
+
+    def cancel_at_two(i, t, x):
+        if i == 2:
+            raise Cancelled
+
+    calls.clear()
+    with pytest.raises(Cancelled):
+        sample_ddim(counting_eps, noise, linear_alphas_cumprod(), ddim_timesteps(10), callback=cancel_at_two)
+    assert calls == [900, 800, 700]
+
+
+def test_eta_noise_comes_from_the_generator(small_model) -> None:
+    ori, ref, aud, noise = _window_inputs()
+    eps_fn = small_model.window_eps_fn(ori, ref, aud)
+    ac, ts = linear_alphas_cumprod(), ddim_timesteps(5)
+    a = sample_ddim(eps_fn, noise, ac, ts, eta=1.0, generator=torch.Generator().manual_seed(3))
+    b = sample_ddim(eps_fn, noise, ac, ts, eta=1.0, generator=torch.Generator().manual_seed(3))
+    c = sample_ddim(eps_fn, noise, ac, ts, eta=0.0)
+    torch.testing.assert_close(a, b, atol=0, rtol=0)
+    assert not torch.allclose(a, c, atol=1e-3)
+
+
+def test_sampler_matches_a_direct_ddim_formula() -> None:
+    """Deterministic DDIM on a linear eps (eps = 0.5 x) against a hand-written float64 recursion."""
+    ac = linear_alphas_cumprod()
+    ts = ddim_timesteps(4)
+    x_T = torch.randn(2, 3, 5, generator=torch.Generator().manual_seed(0))
+    out = sample_ddim(lambda x, t: 0.5 * x, x_T, ac, ts)
+    x = x_T.double()
+    seq = ts.tolist()
+    for i, t in enumerate(seq):
+        a_t = ac[t].double()
+        a_p = ac[seq[i + 1]].double() if i + 1 < len(seq) else torch.tensor(1.0, dtype=torch.float64)
+        eps = 0.5 * x
+        x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+        x = a_p.sqrt() * x0 + (1 - a_p).sqrt() * eps
+    torch.testing.assert_close(out.double(), x, atol=1e-5, rtol=1e-5)

@@ -1,0 +1,182 @@
+"""LivePortrait F / W / G networks and chunked rendering (kdtalker_core.render)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kdtalker_core.errors import InputError
+from kdtalker_core.golden import run_fixture
+from kdtalker_core.networks.appearance import AppearanceFeatureExtractor
+from kdtalker_core.networks.spade import SPADEDecoder, SpectralNormConv2d, conv3x3_upsampled
+from kdtalker_core.networks.warping import WarpingNetwork
+from kdtalker_core.render import preferred_dtype, render_all, render_frames
+
+SMALL_WARP = {
+    "num_kp": 21, "block_expansion": 4, "max_features": 64, "num_down_blocks": 2, "reshape_channel": 8,
+    "estimate_occlusion_map": True,
+    "dense_motion_params": {"block_expansion": 4, "max_features": 16, "num_blocks": 2, "reshape_depth": 8,
+                            "compress": 2},
+}
+SMALL_SPADE = {"upscale": 2, "block_expansion": 4, "max_features": 16, "num_down_blocks": 2, "out_channels": 8}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: the tiny convolutions here are slower (and flaky in time) with more."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize(
+    "fixture", ["lp_appearance_feature_extractor", "lp_warping_network", "lp_spade_decoder"]
+)
+def test_golden_fixture_passes(golden_dir: Path, fixture: str) -> None:
+    results = run_fixture(golden_dir / fixture)
+    assert results, "checker compared nothing"
+    failed = [r.line() for r in results if not r.ok]
+    assert not failed, failed
+    meta = json.loads((golden_dir / fixture / "meta.json").read_text())
+    compared = {r.output for r in results}
+    assert set(meta["outputs"]) <= compared
+
+
+@pytest.mark.parametrize(
+    ("manifest", "factory"),
+    [
+        ("appearance_feature_extractor.pth.json", AppearanceFeatureExtractor),
+        ("warping_module.pth.json", WarpingNetwork),
+        ("spade_generator.pth.json", SPADEDecoder),
+    ],
+)
+def test_full_size_layout_matches_manifest(golden_dir: Path, manifest: str, factory: type) -> None:
+    spec = json.loads((golden_dir / "manifests" / manifest).read_text())
+    with torch.device("meta"):
+        model = factory()  # full size by default
+        config_model = factory(**spec["_meta"]["config"])
+    for m in (model, config_model):
+        sd = m.state_dict()
+        assert list(sd) == list(spec["keys"])  # same names in the same order
+        for key, entry in spec["keys"].items():
+            assert list(sd[key].shape) == entry["shape"], key
+            assert str(sd[key].dtype).removeprefix("torch.") == entry["dtype"], key
+    dtypes = {"float32": torch.float32, "int64": torch.int64}
+    random_sd = {k: torch.empty(e["shape"], dtype=dtypes[e["dtype"]], device="meta")
+                 for k, e in spec["keys"].items()}
+    model.load_state_dict(random_sd, strict=True, assign=True)
+
+
+def test_spectral_norm_matches_torch_eval_mode() -> None:
+    torch.manual_seed(1)
+    ref = torch.nn.utils.spectral_norm(torch.nn.Conv2d(5, 7, 3, padding=1))
+    ref.train()
+    ref(torch.randn(2, 5, 6, 6))  # one power iteration moves u, v away from their init
+    ref.eval()
+    ours = SpectralNormConv2d(5, 7, 3, padding=1)
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    x = torch.randn(2, 5, 6, 6)
+    with torch.no_grad():
+        expected = ref(x)
+        torch.testing.assert_close(ours(x), expected, atol=1e-6, rtol=1e-5)
+        ours.fuse()
+        assert ours.fused_weight is not None
+        torch.testing.assert_close(ours(x), expected, atol=1e-6, rtol=1e-5)
+    assert "fused_weight" not in ours.state_dict()
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    assert ours.fused_weight is None  # a new state dict invalidates the cached weight
+
+
+@pytest.mark.parametrize(("factor", "size"), [(1, (5, 7)), (2, (4, 6)), (3, (3, 5)), (4, (5, 4))])
+def test_conv_on_upsampled_map_equals_resize_then_conv(factor: int, size: tuple[int, int]) -> None:
+    torch.manual_seed(2)
+    x = torch.randn(2, 3, *size)
+    weight = torch.randn(4, 3, 3, 3)
+    bias = torch.randn(4)
+    expected = F.conv2d(F.interpolate(x, scale_factor=factor, mode="nearest"), weight, bias, padding=1)
+    torch.testing.assert_close(conv3x3_upsampled(x, weight, bias, factor), expected, atol=1e-5, rtol=1e-5)
+
+
+def _randomize_norm_stats(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.running_mean.copy_(0.1 * torch.randn(m.running_mean.shape, generator=g))
+            m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
+            m.weight.data.copy_(1 + 0.1 * torch.randn(m.weight.shape, generator=g))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def small_render_setup() -> dict[str, torch.Tensor | torch.nn.Module]:
+    torch.manual_seed(3)
+    warp = _randomize_norm_stats(WarpingNetwork(**SMALL_WARP), 4)
+    decoder = _randomize_norm_stats(SPADEDecoder(**SMALL_SPADE), 5)
+    feature = torch.randn(1, 8, 8, 16, 16)
+    kp_source = 0.5 * torch.randn(1, 21, 3).clamp(-1.5, 1.5)
+    kp_driving = kp_source + 0.05 * torch.randn(5, 21, 3)
+    return {"warp": warp, "decoder": decoder, "feature": feature, "kp_source": kp_source,
+            "kp_driving": kp_driving}
+
+
+def test_render_chunking_matches_official_per_frame_loop(small_render_setup: dict) -> None:
+    s = small_render_setup
+    args = (s["warp"], s["decoder"], s["feature"], s["kp_source"], s["kp_driving"])
+    one = render_all(*args, chunk_size=1)
+    three = render_all(*args, chunk_size=3)
+    assert one.shape == (5, 128, 128, 3) and one.dtype == torch.float32
+    torch.testing.assert_close(three, one, atol=1e-5, rtol=0)
+    with torch.no_grad():  # the official loop: batch 1 warp + decode per frame, NCHW output
+        frame3 = s["decoder"](s["warp"](s["feature"], s["kp_driving"][3:4], s["kp_source"])["out"])
+    torch.testing.assert_close(three[3], frame3[0].permute(1, 2, 0), atol=1e-5, rtol=0)
+    assert 0.0 <= float(one.min()) and float(one.max()) <= 1.0
+    assert float(one.std()) > 1e-3
+
+
+def test_render_chunks_callback_and_cancel(small_render_setup: dict) -> None:
+    s = small_render_setup
+    seen: list[tuple[int, int]] = []
+    chunks = list(render_frames(s["warp"], s["decoder"], s["feature"], s["kp_source"][0], s["kp_driving"],
+                                chunk_size=2, callback=lambda done, total: seen.append((done, total))))
+    assert [c.shape[0] for c in chunks] == [2, 2, 1]
+    assert seen == [(2, 5), (4, 5), (5, 5)]
+
+    def cancel(done: int, total: int) -> None:
+        raise KeyboardInterrupt("cancelled")
+
+    gen = render_frames(s["warp"], s["decoder"], s["feature"], s["kp_source"], s["kp_driving"],
+                        chunk_size=2, callback=cancel)
+    with pytest.raises(KeyboardInterrupt):
+        next(gen)
+
+
+def test_render_bfloat16_close_to_float32(small_render_setup: dict) -> None:
+    s = small_render_setup
+    args = (s["warp"], s["decoder"], s["feature"], s["kp_source"], s["kp_driving"][:2])
+    ref = render_all(*args, chunk_size=2)
+    low = render_all(*args, chunk_size=2, dtype=torch.bfloat16)
+    assert low.dtype == torch.float32 and low.shape == ref.shape
+    mse = float((low - ref).pow(2).mean())
+    psnr = 10 * torch.log10(torch.tensor(1.0 / max(mse, 1e-20)))
+    assert psnr > 35.0, f"bf16 PSNR {float(psnr):.1f} dB"
+
+
+def test_render_rejects_bad_inputs(small_render_setup: dict) -> None:
+    s = small_render_setup
+    with pytest.raises(InputError, match="kp_driving"):
+        render_all(s["warp"], s["decoder"], s["feature"], s["kp_source"], s["kp_driving"][:, :20])
+    with pytest.raises(InputError, match="feature_3d"):
+        render_all(s["warp"], s["decoder"], s["feature"][0], s["kp_source"], s["kp_driving"])
+    with pytest.raises(InputError, match="chunk_size"):
+        render_all(s["warp"], s["decoder"], s["feature"], s["kp_source"], s["kp_driving"], chunk_size=0)
+    with pytest.raises(InputError, match="no frames"):
+        render_all(s["warp"], s["decoder"], s["feature"], s["kp_source"], s["kp_driving"][:0])
+
+
+def test_preferred_dtype_cpu_is_a_supported_dtype() -> None:
+    assert preferred_dtype("cpu") in (torch.float32, torch.bfloat16)
