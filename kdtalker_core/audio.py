@@ -317,10 +317,12 @@ def melspectrogram(
         count = min(block_frames, num_frames - first)
         segment = _emphasised_segment(wav16k, first * HOP_SIZE - N_FFT // 2,
                                       (first + count - 1) * HOP_SIZE + N_FFT // 2, dtype)
-        magnitude = torch.stft(
+        spectrum = torch.stft(
             segment, n_fft=N_FFT, hop_length=HOP_SIZE, win_length=WIN_SIZE, window=window,
             center=False, return_complex=True,
-        ).abs()  # (401, count)
+        )  # (401, count) complex
+        # |z| as sqrt(re^2 + im^2): within 1 ulp of hypot (complex abs) and about twice as fast.
+        magnitude = torch.linalg.vector_norm(torch.view_as_real(spectrum), dim=-1)
         mel = basis @ magnitude  # (80, count)
         db = 20.0 * torch.log10(torch.clamp(mel, min=floor)) - REF_LEVEL_DB
         scaled = (2.0 * MAX_ABS_VALUE) * ((db - MIN_LEVEL_DB) / (-MIN_LEVEL_DB)) - MAX_ABS_VALUE

@@ -409,9 +409,7 @@ def _run_workflow(wf: dict, nodes: dict, inputs: dict[str, Any], overrides: dict
             for key, value in _widget_values(schema, node["widgets_values"]).items():
                 kwargs.setdefault(key, value)
             kwargs.update(overrides.get(typ, {}))
-            import time; _t = time.perf_counter()  # DEBUG
             results[node["id"]] = tuple(nodes[typ].execute(**kwargs).args)
-            print("DEBUG", typ, round(time.perf_counter() - _t, 2))  # DEBUG
         else:
             results[node["id"]] = tuple(sink(by_id[node["id"]], kwargs) or ())
     return results
@@ -432,13 +430,14 @@ def _check_video_inputs(node: dict, kwargs: dict[str, Any], frames: int) -> None
     assert audio["waveform"].shape[-1] == round(frames / fps * audio["sample_rate"])
 
 
-@pytest.mark.slow
-def test_example_workflows_run_end_to_end(nodes, models_handle, progress_hook):
-    """The basic and step-by-step workflows on random full-size weights, 2 frames of real speech."""
-    frames = 2
+def _run_example(name: str, nodes: dict, models_handle, frames: int, overrides: dict) -> tuple[dict, dict]:
+    """Run workflows/<name> on the sample photo and ``frames`` frames of real speech.
+
+    Load KDTalker Models yields the already loaded handle (loading is checked in the fixture);
+    CreateVideo / VHS_VideoCombine inputs are checked; returns (workflow, node id -> outputs)."""
     image, speech = _portrait_image(), _speech(frames / 25.0)
-    inputs = {"LoadImage": (image, torch.zeros(image.shape[:3])), "LoadAudio": (speech,)}
-    fast = {"steps": 2}
+    inputs = {"LoadImage": (image, torch.zeros(image.shape[:3])), "LoadAudio": (speech,),
+              "KDTalkerLoadModels": (models_handle,)}
     seen: list[str] = []
 
     def sink(node, kwargs):
@@ -446,21 +445,38 @@ def test_example_workflows_run_end_to_end(nodes, models_handle, progress_hook):
         _check_video_inputs(node, kwargs, frames)
         return (kwargs,) if node["type"] == "CreateVideo" else ()  # stands for the VIDEO
 
-    # Load KDTalker Models gives the already loaded handle (loading is checked in the fixture)
-    inputs["KDTalkerLoadModels"] = (models_handle,)
-    for name in ("kdtalker_basic.json", "kdtalker_step_by_step.json"):
-        wf = _load_workflow(name)
-        overrides = {"KDTalker": fast, "KDTalkerSampleMotion": fast}
-        before = mm.soft_empty_cache_calls
-        results = _run_workflow(wf, nodes, inputs, overrides, sink)
-        assert mm.soft_empty_cache_calls > before, "rendering must hand memory back to ComfyUI"
-        if name == "kdtalker_step_by_step.json":
-            render_id = next(n["id"] for n in wf["nodes"] if n["type"] == "KDTalkerRender")
-            images, mask, _audio, _fps = results[render_id]
-            assert mask.shape == (1, *images.shape[1:3]) and float(mask.max()) > 0.5
-            assert images.shape[1:3] == image.shape[1:3], "paste_back keeps the photo size"
-    assert seen.count("CreateVideo") == 2 and seen.count("SaveVideo") == 2
-    assert progress_hook.values and progress_hook.values[-1][0] == progress_hook.values[-1][1]
+    wf = _load_workflow(name)
+    before = mm.soft_empty_cache_calls
+    results = _run_workflow(wf, nodes, inputs, overrides, sink)
+    assert mm.soft_empty_cache_calls > before, "rendering must hand memory back to ComfyUI"
+    assert seen.count("CreateVideo") == 1 and seen.count("SaveVideo") == 1
+    return wf, results
+
+
+@pytest.mark.slow
+def test_basic_workflow_all_in_one_node(nodes, models_handle, progress_hook):
+    """workflows/kdtalker_basic.json: LoadImage + LoadAudio -> KDTalker -> CreateVideo -> SaveVideo."""
+    _run_example("kdtalker_basic.json", nodes, models_handle, frames=1, overrides={"KDTalker": {"steps": 2}})
+    assert progress_hook.values[-1] == (1000, 1000)
+    assert [v for v, _ in progress_hook.values] == sorted(v for v, _ in progress_hook.values)
+
+
+@pytest.mark.slow
+def test_step_by_step_workflow(nodes, models_handle, progress_hook):
+    """workflows/kdtalker_step_by_step.json: every stage node, a motion edit, chunked rendering."""
+    wf, results = _run_example("kdtalker_step_by_step.json", nodes, models_handle, frames=2,
+                               overrides={"KDTalkerSampleMotion": {"steps": 2},
+                                          "KDTalkerRender": {"chunk_size": 1}})
+    image = _portrait_image()
+    render_id = next(n["id"] for n in wf["nodes"] if n["type"] == "KDTalkerRender")
+    images, mask, _audio, _fps = results[render_id]
+    assert images.shape[1:3] == image.shape[1:3], "paste_back keeps the photo size"
+    assert mask.shape == (1, *images.shape[1:3]) and float(mask.max()) > 0.5
+    assert not torch.equal(images[0], image[0]), "the face was rendered into the photo"
+    crop_id = next(n["id"] for n in wf["nodes"] if n["type"] == "KDTalkerPreparePortrait")
+    assert results[crop_id][1].shape == (1, 256, 256, 3)
+    render_ticks = [v for v, _ in progress_hook.values[-2:]]
+    assert render_ticks == [500, 1000], "one progress update per rendered chunk"
 
 
 @pytest.mark.slow

@@ -54,10 +54,12 @@ class SpectralNormConv2d(nn.Module):
         self.register_load_state_dict_pre_hook(SpectralNormConv2d._drop_fused)
 
     @torch.no_grad()
-    def _init_singular_vectors(self, iterations: int = 20) -> None:
+    def _init_singular_vectors(self, iterations: int = 10) -> None:
         """Fresh modules only: u, v by power iteration, so sigma ~ the top singular value
         (a checkpoint's stored u, v replace these on load)."""
         w = self.weight_orig.reshape(self.weight_orig.shape[0], -1)
+        if w.is_meta:
+            return
         u = F.normalize(torch.randn(w.shape[0], device=w.device), dim=0, eps=1e-12)
         v = F.normalize(torch.mv(w.t(), u), dim=0, eps=1e-12)
         for _ in range(iterations):
