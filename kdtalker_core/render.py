@@ -20,6 +20,7 @@ from contextlib import nullcontext
 import torch
 
 from kdtalker_core.errors import InputError
+from kdtalker_core.networks.spade import winograd_convolutions
 
 _DTYPES = {torch.float32, torch.float16, torch.bfloat16}
 
@@ -87,6 +88,7 @@ def render_frames(
     dtype: torch.dtype = torch.float32,
     callback: Callable[[int, int], None] | None = None,
     channels_last: bool | None = None,
+    winograd: bool | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield rendered frames chunk by chunk.
 
@@ -97,6 +99,8 @@ def render_frames(
     layout), n <= chunk_size, T frames in all. ``callback(done, total)`` runs after each chunk
     is computed, before it is yielded (it may raise to cancel). No host synchronisation happens
     here. ``channels_last`` (default: on CUDA) runs the 2D decoder in channels-last memory format.
+    ``winograd`` (default: float32 on CPU) runs the decoder's 3x3 convolutions with NNPACK's
+    Winograd kernels (~2.5x faster there; frames differ from the direct convolution by ~1e-5).
     """
     kp_source, kp_driving = _validate(feature_3d, kp_source, kp_driving, chunk_size, dtype)
     device = feature_3d.device
@@ -104,6 +108,8 @@ def render_frames(
     kp_driving = kp_driving.to(device=device, dtype=torch.float32)
     if channels_last is None:
         channels_last = device.type == "cuda"
+    if winograd is None:
+        winograd = device.type == "cpu" and dtype == torch.float32
     total = kp_driving.shape[0]
     chunk_size = int(chunk_size)
     autocast = (torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext())
@@ -114,7 +120,8 @@ def render_frames(
             warped = warping_network(feature_3d, kp_driving[done:stop], kp_source)["out"]
             if channels_last:
                 warped = warped.contiguous(memory_format=torch.channels_last)
-            image = spade_decoder(warped)
+            with winograd_convolutions(winograd):
+                image = spade_decoder(warped)
         frames = image.float().permute(0, 2, 3, 1).contiguous()
         done = stop
         if callback is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,3 +31,14 @@ def sample_speech() -> Path:
 def sample_portrait() -> Path:
     """skimage's astronaut photo (public-domain NASA portrait), 512x512 RGB JPEG."""
     return ASSETS / "sample_portrait.jpg"
+
+
+sys.path.insert(0, str(ROOT / "tests"))  # shared test helpers (tests/model_files.py)
+
+
+@pytest.fixture(scope="session")
+def official_models_dir(tmp_path_factory) -> Path:
+    """A models folder with random FULL-size weights in the official layouts (written once)."""
+    from model_files import write_official_models
+
+    return write_official_models(tmp_path_factory.mktemp("official_models"))

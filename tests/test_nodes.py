@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
-import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +30,7 @@ import comfy.model_management as mm  # noqa: E402
 import comfy.utils  # noqa: E402
 import folder_paths  # noqa: E402
 from comfy_api.latest import ComfyExtension, io  # noqa: E402
+from model_files import link_tree  # noqa: E402  (tests/model_files.py)
 
 WORKFLOWS = ROOT / "workflows"
 SPEECH = ROOT / "tests" / "data" / "speech_16k_mono.wav"
@@ -330,49 +330,11 @@ def test_workflow_nodes_and_links_are_valid(nodes, name):
 # ----------------------------------------------------------------------------------------- full run
 
 
-def _randomize(layout, seed: int) -> dict[str, torch.Tensor]:
-    """Numerically sane random tensors for a key -> (shape, dtype) layout (stored as float16)."""
-    g = torch.Generator().manual_seed(seed)
-    out = {}
-    for key, (shape, dtype) in layout.items():
-        if not dtype.startswith("float"):
-            out[key] = torch.zeros(shape, dtype=getattr(torch, dtype))
-        elif key.endswith("running_var"):
-            out[key] = torch.ones(shape).half()
-        elif key.endswith("running_mean") or (key.endswith("bias") and len(shape) == 1):
-            out[key] = (0.01 * torch.randn(shape, generator=g)).half()
-        elif len(shape) <= 1:
-            out[key] = (1.0 + 0.05 * torch.randn(shape, generator=g)).half()
-        else:
-            fan_in = math.prod(shape[1:])
-            out[key] = (torch.randn(shape, generator=g) * (0.5 / math.sqrt(fan_in))).half()
-    return out
-
-
-def _write_official_models(models: Path, liveportrait: Path) -> None:
-    """Random full-size weights in the official files: KDTalker.pth, wav2lip.pth, LivePortrait tree."""
-    from kdtalker_core import checkpoints as ck
-
-    kd = models / "kdtalker"
-    kd.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": _randomize(ck.official_file_layout("KDTalker.pth"), 1)}, kd / "KDTalker.pth")
-    torch.save({"state_dict": _randomize(ck.official_file_layout("wav2lip.pth"), 2)}, kd / "wav2lip.pth")
-    (liveportrait / "base_models").mkdir(parents=True, exist_ok=True)
-    for k, name in enumerate(ck.LIVEPORTRAIT_BASE):
-        torch.save(_randomize(ck.official_file_layout(f"{name}.pth"), 10 + k),
-                   liveportrait / "base_models" / f"{name}.pth")
-    groups: dict[str, dict[str, torch.Tensor]] = {}
-    for key, value in _randomize(ck.official_file_layout(f"{ck.STITCHING_NAME}.pth"), 20).items():
-        group, rest = key.split("/", 1)
-        groups.setdefault(group, {})[rest] = value
-    (liveportrait / "retargeting_models").mkdir(exist_ok=True)
-    torch.save(groups, liveportrait / "retargeting_models" / f"{ck.STITCHING_NAME}.pth")
-
-
 @pytest.fixture(scope="module")
-def models_handle(nodes, comfy_root, extra_liveportrait):
+def models_handle(nodes, comfy_root, extra_liveportrait, official_models_dir):
     # LivePortrait goes into the extra folder: proves extra_model_paths.yaml entries are searched.
-    _write_official_models(comfy_root / "models", extra_liveportrait)
+    link_tree(official_models_dir / "kdtalker", comfy_root / "models" / "kdtalker")
+    link_tree(official_models_dir / "liveportrait", extra_liveportrait)
     schema = nodes["KDTalkerLoadModels"].GET_SCHEMA()
     options = {i.id: i.options for i in schema.inputs if i.io_type == "COMBO"}
     assert "KDTalker.pth" in options["kdtalker_checkpoint"]

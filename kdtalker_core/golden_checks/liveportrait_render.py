@@ -12,7 +12,7 @@ import torch
 
 from kdtalker_core.golden_checks._common import CheckResult, Fixture, compare, load_fixture, tolerance
 from kdtalker_core.networks.appearance import AppearanceFeatureExtractor
-from kdtalker_core.networks.spade import SPADEDecoder
+from kdtalker_core.networks.spade import SPADEDecoder, winograd_convolutions
 from kdtalker_core.networks.warping import WarpingNetwork
 
 
@@ -62,7 +62,11 @@ def _check_spade(fx: Fixture) -> list[CheckResult]:
     with torch.inference_mode():
         image = model(feature)
         fused = model.fuse_spectral_norm()(feature)  # the inference path render.py uses
-    return _compare_all(fx, {"image": image}) + _compare_all(fx, {"image": fused}, "[fused_spectral_norm]")
+        results = _compare_all(fx, {"image": image}) + _compare_all(fx, {"image": fused}, "[fused_spectral_norm]")
+        with winograd_convolutions() as active:  # render.py's default for float32 on CPU
+            if active:
+                results += _compare_all(fx, {"image": model(feature)}, "[winograd]")
+    return results
 
 
 _CHECKERS = {

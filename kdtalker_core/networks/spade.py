@@ -11,11 +11,18 @@ Speed-ups that keep the numbers (up to float rounding):
 - when a block runs at s times the resolution of the conditioning map, its 3x3 convolution over the
   nearest-upsampled map is computed on the low-resolution map with one small kernel per output
   phase (sub-pixel position), which needs 2.25x (s=2) to 4x (s=4) fewer multiply-adds.
+
+Optional, for float32 on CPU: inside :func:`winograd_convolutions` every 3x3 convolution runs
+through NNPACK's Winograd kernels (about 2.5-3x faster than oneDNN's direct convolution on AVX2
+CPUs, relative error about 1e-5 per convolution). The default path is the exact one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +30,37 @@ from torch import nn
 
 #: Hidden width of every SPADE modulation branch.
 SPADE_HIDDEN = 128
+
+_WINOGRAD = contextvars.ContextVar("kdtalker_spade_winograd", default=False)
+
+
+def winograd_available() -> bool:
+    """True when this PyTorch build has NNPACK (this call also initialises it)."""
+    return bool(getattr(torch, "_nnpack_available", lambda: False)())
+
+
+@contextlib.contextmanager
+def winograd_convolutions(enabled: bool = True) -> Iterator[bool]:
+    """Within the block, float32 CPU 3x3 convolutions of the decoder use NNPACK Winograd kernels.
+
+    Yields whether it is in effect (False when NNPACK is missing).
+    """
+    active = bool(enabled) and winograd_available()
+    token = _WINOGRAD.set(active)
+    try:
+        yield active
+    finally:
+        _WINOGRAD.reset(token)
+
+
+def conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """3x3 convolution, stride 1, zero padding 1 (Winograd inside :func:`winograd_convolutions`)."""
+    if (_WINOGRAD.get() and x.device.type == "cpu" and x.dtype == torch.float32
+            and weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")):
+        if bias is None:
+            bias = weight.new_zeros(weight.shape[0])
+        return torch._nnpack_spatial_convolution(x.contiguous(), weight.contiguous(), bias, [1, 1])
+    return F.conv2d(x, weight, bias, padding=1)
 
 
 class SpectralNormConv2d(nn.Module):
@@ -88,7 +126,10 @@ class SpectralNormConv2d(nn.Module):
         return self.fused_weight if self.fused_weight is not None else self.normalized_weight()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.weight(), self.bias, padding=self.padding)
+        weight = self.weight()
+        if weight.shape[-1] == 3 and self.padding == 1:
+            return conv3x3(x, weight, self.bias)
+        return F.conv2d(x, weight, self.bias, padding=self.padding)
 
 
 def _phase_taps(factor: int, phase: int) -> tuple[int, list[list[int]]]:
@@ -112,7 +153,7 @@ def conv3x3_upsampled(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     the 3x3 taps that land on the same low-resolution pixel.
     """
     if factor == 1:
-        return F.conv2d(x, weight, bias, padding=1)
+        return conv3x3(x, weight, bias)
     b, _, h, w = x.shape
     xp = F.pad(x, (1, 1, 1, 1))
     out = x.new_empty((b, weight.shape[0], h * factor, w * factor))
@@ -152,7 +193,7 @@ class SPADE(nn.Module):
         """normalized (B,C,H,W) and shared activation actv (B,128,H,W) -> modulated (B,C,H,W)."""
         weight = torch.cat([self.mlp_gamma.weight, self.mlp_beta.weight], dim=0)
         bias = torch.cat([self.mlp_gamma.bias, self.mlp_beta.bias], dim=0)
-        gamma, beta = F.conv2d(actv, weight, bias, padding=1).chunk(2, dim=1)
+        gamma, beta = conv3x3(actv, weight, bias).chunk(2, dim=1)
         return normalized * (1 + gamma) + beta
 
     def forward(self, x: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
@@ -175,7 +216,7 @@ def shared_activations(norms: list[SPADE], seg: torch.Tensor, size: tuple[int, i
     if ry == 0 and rx == 0 and fy == fx and fy >= 1:
         actv = conv3x3_upsampled(seg, weight, bias, fy)
     else:
-        actv = F.conv2d(F.interpolate(seg, size=size, mode="nearest"), weight, bias, padding=1)
+        actv = conv3x3(F.interpolate(seg, size=size, mode="nearest"), weight, bias)
     return list(F.relu(actv).split(SPADE_HIDDEN, dim=1))
 
 
@@ -251,11 +292,15 @@ class SPADEDecoder(nn.Module):
     def forward(self, feature: torch.Tensor) -> torch.Tensor:
         """feature (B,C,H,W) -> image (B,3,4H,4W) (8H,8W with upscale) float32 in [0,1]."""
         seg = feature
-        x = self.fc(feature)
+        x = conv3x3(feature, self.fc.weight, self.fc.bias)
         for block in self.middle_blocks():
             x = block(x, seg)
         x = self.up_0(F.interpolate(x, scale_factor=2.0, mode="nearest"), seg)
         x = self.up_1(F.interpolate(x, scale_factor=2.0, mode="nearest"), seg)
-        x = self.conv_img(F.leaky_relu(x, 0.2))
+        x = F.leaky_relu(x, 0.2)
+        if isinstance(self.conv_img, nn.Sequential):
+            x = self.conv_img[1](conv3x3(x, self.conv_img[0].weight, self.conv_img[0].bias))
+        else:
+            x = conv3x3(x, self.conv_img.weight, self.conv_img.bias)
         with torch.autocast(x.device.type, enabled=False):
             return torch.sigmoid(x.float())

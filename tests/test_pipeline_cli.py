@@ -1,0 +1,123 @@
+"""End to end: the library pipeline and the CLI on a real photo and real speech.
+
+The slow tests use random FULL-size weights in the official file layouts (tests/model_files.py):
+the frames are meaningless, but every shape, file and byte that reaches the user is real.
+"""
+
+from __future__ import annotations
+
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from kdtalker_core import cli, pipeline
+from kdtalker_core.audio import load_audio_file
+from kdtalker_core.video import probe_mp4
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEECH = ROOT / "tests" / "data" / "speech_16k_mono.wav"
+
+
+def _write_wav(path: Path, samples: np.ndarray, rate: int = 16000) -> Path:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+    return path
+
+
+def _run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    rc = cli.main(args)
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_generate_without_weights_fails_with_the_doctor_message(tmp_path, capsys, sample_portrait):
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    rc, _, err = _run_cli(["generate", "--models-dir", str(tmp_path / "empty"), "--image", str(sample_portrait),
+                           "--audio", str(SPEECH), "--out", str(out_dir / "talk.mp4")], capsys)
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert "KDTalker.pth" in err and "wav2lip.pth" in err and str(tmp_path / "empty") in err
+    assert "huggingface.co" in err
+    assert list(out_dir.iterdir()) == []
+
+
+def test_bad_inputs_fail_before_loading_models(tmp_path, capsys, sample_portrait):
+    bad_image = tmp_path / "photo.png"
+    bad_image.write_bytes(b"not an image at all")
+    rc, _, err = _run_cli(["generate", "--models-dir", str(tmp_path), "--image", str(bad_image),
+                           "--audio", str(SPEECH), "--out", str(tmp_path / "a.mp4")], capsys)
+    assert rc == 2 and err.startswith("error: ") and "photo.png" in err
+
+    empty = _write_wav(tmp_path / "empty.wav", np.zeros(0))
+    rc, _, err = _run_cli(["generate", "--models-dir", str(tmp_path), "--image", str(sample_portrait),
+                           "--audio", str(empty), "--out", str(tmp_path / "b.mp4")], capsys)
+    assert rc == 2 and err.startswith("error: ") and "audio" in err.lower()
+
+    rc, _, err = _run_cli(["generate", "--models-dir", str(tmp_path), "--image", str(sample_portrait),
+                           "--audio", str(SPEECH), "--out", str(tmp_path / "c.avi")], capsys)
+    assert rc == 2 and ".mp4" in err
+    assert not any(p.suffix in (".mp4", ".avi") for p in tmp_path.iterdir())
+
+
+def test_doctor_reports_found_and_missing(tmp_path, capsys, official_models_dir):
+    rc, out, _ = _run_cli(["doctor", "--models-dir", str(tmp_path)], capsys)
+    assert rc == 2 and "MISSING" in out and "torch" in out
+    rc, out, _ = _run_cli(["doctor", "--models-dir", str(official_models_dir)], capsys)
+    assert rc == 0 and "KDTalker.pth" in out and "warping_module" in out
+
+
+@pytest.fixture(scope="module")
+def models(official_models_dir):
+    return pipeline.load_models(official_models_dir, device="cpu", precision="fp32")
+
+
+@pytest.mark.slow
+def test_photo_to_pasted_frames_with_one_frame_of_audio(models, sample_portrait):
+    """One video frame of speech (40 ms: the official code crashes under 32 frames) -> one frame,
+    pasted into the full 512x512 astronaut photo with the background untouched."""
+    import imageio.v3 as iio
+
+    photo = iio.imread(sample_portrait)
+    waveform, sr = load_audio_file(SPEECH)
+    audio = pipeline.encode_audio(models, waveform[:, 8000:8000 + 640], sr)
+    assert audio.num_frames == 1 and audio.features.shape == (1, 512)
+    portrait = pipeline.prepare_portrait(models, photo)
+    assert portrait.feature_3d.shape == (1, 32, 16, 64, 64) and portrait.x_s.shape == (1, 21, 3)
+    motion = pipeline.sample_motion(models, portrait, audio, steps=2)
+    assert motion.data.shape == (1, 70) and torch.isfinite(motion.data).all()
+    ticks: list[tuple[int, int]] = []
+    result = pipeline.render(models, portrait, motion, chunk_size=4, callback=lambda d, t: ticks.append((d, t)))
+    assert ticks[-1] == (1, 1)
+    assert result.frames.shape == (1, *photo.shape[:2], 3) and result.fps == 25.0
+    frames = result.frames
+    assert torch.isfinite(frames).all() and float(frames.min()) >= 0 and float(frames.max()) <= 1
+    outside = result.mask == 0
+    assert 0.3 < float(outside.float().mean()) < 0.99
+    original = torch.from_numpy(photo).float() / 255
+    assert torch.equal(frames[0][outside], original[outside]), "background must be the photo's, exactly"
+    assert not torch.equal(frames[0], original), "the face must be rendered"
+
+    raw = next(pipeline.iter_render(models, portrait, motion, paste_back=False))
+    assert raw.shape == (1, 512, 512, 3)
+
+
+@pytest.mark.slow
+def test_cli_generate_writes_playable_mp4_with_speech(official_models_dir, tmp_path, capsys, sample_portrait):
+    out = tmp_path / "talk.mp4"
+    rc, stdout, err = _run_cli(["generate", "--models-dir", str(official_models_dir), "--image",
+                                str(sample_portrait), "--audio", str(SPEECH), "--max-seconds", "0.12",
+                                "--steps", "2", "--chunk-size", "2", "--out", str(out)], capsys)
+    assert rc == 0, err
+    assert "3 frames" in stdout
+    info = probe_mp4(out)
+    assert info["frames"] == 3 and info["fps"] == 25.0
+    assert abs(info["audio_seconds"] - 0.12) < 0.07  # AAC pads to whole 1024-sample frames
+    assert [p.name for p in tmp_path.iterdir()] == ["talk.mp4"], "no temporary files left behind"
