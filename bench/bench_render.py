@@ -11,6 +11,8 @@ frames of the same keypoints.
     .venv/bin/python bench/bench_render.py --frames 2 --chunks 2 --dtypes fp32
     .venv/bin/python bench/bench_render.py --device cuda --frames 64 --chunks 8,16,32
 
+float32 on CPU uses render_frames' default NNPACK Winograd path for the decoder's 3x3
+convolutions (``--no-winograd`` measures oneDNN's direct convolutions instead).
 Reduced precision on a CPU without native bf16 instructions (AVX512-BF16 / AMX) runs PyTorch's
 slow reference kernels (minutes per frame); such settings are skipped unless ``--force``.
 Reference (official code, fp32, full size, the project's 2-core CPU): 8.07 s/frame
@@ -105,6 +107,9 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch default)")
     ap.add_argument("--force", action="store_true", help="run reduced precision even on slow CPUs")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-winograd", action="store_true", help="decoder 3x3 convs without NNPACK")
+    ap.add_argument("--batched", action="store_true",
+                    help="run each chunk as one batch (render's CPU default runs frames one by one)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -138,14 +143,16 @@ def main() -> int:
                   "(PyTorch falls back to slow reference kernels); use --force to run anyway")
             continue
         # Warm-up (kernel selection, allocator) on one frame, not timed.
-        for _ in render_frames(warp, decoder, feature, kp_source, kp_all[:1], chunk_size=1, dtype=dtype):
+        opts = {"dtype": dtype, "winograd": False if args.no_winograd else None}
+        for _ in render_frames(warp, decoder, feature, kp_source, kp_all[:1], chunk_size=1, **opts):
             pass
         for chunk in chunks:
             warp_timer.seconds = dec_timer.seconds = 0.0
             _rss_reset()
             t0 = time.perf_counter()
+            micro = chunk if args.batched else None
             frames = [f.cpu() for f in render_frames(warp, decoder, feature, kp_source, kp_all,
-                                                     chunk_size=chunk, dtype=dtype)]
+                                                     chunk_size=chunk, micro_batch=micro, **opts)]
             total = time.perf_counter() - t0
             out = torch.cat(frames)
             n = out.shape[0]

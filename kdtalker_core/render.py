@@ -14,6 +14,7 @@ AVX512-BF16 / AMX); :func:`preferred_dtype` picks a sensible default.
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 
@@ -89,6 +90,7 @@ def render_frames(
     callback: Callable[[int, int], None] | None = None,
     channels_last: bool | None = None,
     winograd: bool | None = None,
+    micro_batch: int | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield rendered frames chunk by chunk.
 
@@ -101,6 +103,8 @@ def render_frames(
     here. ``channels_last`` (default: on CUDA) runs the 2D decoder in channels-last memory format.
     ``winograd`` (default: float32 on CPU) runs the decoder's 3x3 convolutions with NNPACK's
     Winograd kernels (~2.5x faster there; frames differ from the direct convolution by ~1e-5).
+    ``micro_batch`` frames go through the networks at once (default: 1 on CPU, where batching
+    was measured 10-15% slower per frame, else ``chunk_size``); the numbers do not depend on it.
     """
     kp_source, kp_driving = _validate(feature_3d, kp_source, kp_driving, chunk_size, dtype)
     device = feature_3d.device
@@ -110,19 +114,31 @@ def render_frames(
         channels_last = device.type == "cuda"
     if winograd is None:
         winograd = device.type == "cpu" and dtype == torch.float32
+    if device.type == "cpu" and dtype != torch.float32 and not cpu_has_fast_bf16():
+        warnings.warn(
+            f"{dtype} rendering on a CPU without native bf16 instructions uses PyTorch's slow "
+            "reference kernels (far slower than float32); use float32 or preferred_dtype('cpu')",
+            RuntimeWarning, stacklevel=2,
+        )
     total = kp_driving.shape[0]
     chunk_size = int(chunk_size)
+    if micro_batch is None:
+        micro_batch = 1 if device.type == "cpu" else chunk_size
+    micro_batch = max(1, min(int(micro_batch), chunk_size))
     autocast = (torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext())
     done = 0
     while done < total:
         stop = min(total, done + chunk_size)
+        parts = []
         with torch.inference_mode(), autocast:
-            warped = warping_network(feature_3d, kp_driving[done:stop], kp_source)["out"]
-            if channels_last:
-                warped = warped.contiguous(memory_format=torch.channels_last)
-            with winograd_convolutions(winograd):
-                image = spade_decoder(warped)
-        frames = image.float().permute(0, 2, 3, 1).contiguous()
+            for start in range(done, stop, micro_batch):
+                kp = kp_driving[start:min(stop, start + micro_batch)]
+                warped = warping_network(feature_3d, kp, kp_source)["out"]
+                if channels_last:
+                    warped = warped.contiguous(memory_format=torch.channels_last)
+                with winograd_convolutions(winograd):
+                    parts.append(spade_decoder(warped).float().permute(0, 2, 3, 1))
+        frames = torch.cat(parts) if len(parts) > 1 else parts[0].contiguous()
         done = stop
         if callback is not None:
             callback(done, total)
