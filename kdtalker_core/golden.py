@@ -52,8 +52,10 @@ def find_fixtures(paths: Iterable[str | Path]) -> list[Path]:
             found.append(p)
         elif p.is_dir():
             found.extend(sorted(q.parent for q in p.glob("*/meta.json")))
+        elif p.is_file():
+            continue  # a stray file next to the fixtures (e.g. README.md from a shell glob)
         else:
-            found.append(p)  # reported as an error by run_fixture
+            found.append(p)  # missing path: reported as a FAIL by run_fixture
     return found
 
 

@@ -1,0 +1,226 @@
+#!/usr/bin/env python
+"""Stage-by-stage timing of OUR pipeline, laid out like ../shared/reference/bench_official.py.
+
+Usage (full-size random weights in a models folder, e.g. the reference checkpoints)::
+
+    python bench/bench_pipeline.py --models-dir /tmp/kdref_ckpts --frames 50 --steps 50 \
+        --threads 2 --render-frames 4 --json bench/results/ours_cpu_fp32.json
+    python bench/bench_pipeline.py --models-dir DIR --memory-seconds 10,60,600 --steps 10
+
+Stages: a crop (dlib + landmarks + official crop), b source prep (M keypoint info + F volume + x_s),
+c mel (16 kHz mono, mel, windows), d audio encoder, e motion sampling (64-frame windows, DDIM),
+f denormalise + Kalman, g render (warp + decode; ``--render-frames K`` renders K frames for real
+and extrapolates to N, as the official bench does), p paste-back, v video encode (H.264), h total.
+A warm-up pass (2 DDIM steps, 1 frame) precedes the timed run. Runs on CUDA when ``--device cuda``.
+
+``--memory-seconds`` instead measures peak memory of the motion path (audio -> features -> motion)
+and of streaming ``--render-frames`` frames, for each audio length: memory must not grow with the
+audio beyond the motion itself (70 floats a frame).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from kdtalker_core import audio as audio_mod  # noqa: E402
+from kdtalker_core import face, motion, pipeline, render  # noqa: E402
+from kdtalker_core.keypoints import get_kp_info, transform_keypoint  # noqa: E402
+from kdtalker_core.video import write_mp4  # noqa: E402
+
+DEFAULT_AUDIO = ROOT / "kdtalker_core" / "assets" / "sample_speech.wav"
+DEFAULT_IMAGE = ROOT / "kdtalker_core" / "assets" / "sample_portrait.jpg"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Timer:
+    """Accumulates wall-clock seconds per stage (synchronising CUDA around each stage)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.stages: dict[str, float] = {}
+
+    def __call__(self, name: str):
+        timer = self
+
+        class _Ctx:
+            def __enter__(self):
+                _sync(timer.device)
+                self.t0 = time.perf_counter()
+
+            def __exit__(self, *exc):
+                _sync(timer.device)
+                timer.stages[name] = timer.stages.get(name, 0.0) + time.perf_counter() - self.t0
+
+        return _Ctx()
+
+
+def _audio_frames(path: Path, frames: int, fps: float = 25.0) -> torch.Tensor:
+    """Speech cut or looped to exactly ``frames`` video frames at 16 kHz (as the official bench does)."""
+    wav, sr = audio_mod.load_audio_file(path)
+    mono = audio_mod.to_mono_16k(wav, sr)
+    need = int(frames * 16000 / fps)
+    reps = -(-need // mono.shape[0])
+    return mono.repeat(reps)[:need]
+
+
+def _peak_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_once(models, photo, wav16k, *, steps: int, render_frames: int, chunk: int, timer: Timer) -> dict:
+    """One pass over every stage; returns counts (frames, rendered)."""
+    dev = models.device
+    with torch.inference_mode():
+        with timer("a_crop"):
+            crop = face.crop_portrait(photo)
+        with timer("b_source_prep"):
+            source = torch.from_numpy(crop.source).to(dev).permute(2, 0, 1)[None].float().div(255)
+            kp_info = get_kp_info(models.motion_extractor, source)
+            f_s = models.appearance_extractor(source)
+            x_s = transform_keypoint(kp_info)
+        with timer("c_mel"):
+            windows, _ = audio_mod.audio_to_mel_windows(wav16k.to(dev), 16000)
+        with timer("d_audio_encoder"):
+            feats = models.audio_encoder.encode_in_chunks(windows)
+        with timer("e_motion_sampling"):
+            input_x, ori_kp = motion.normalize_source(kp_info, models.norm)
+            gen = torch.Generator(device=dev).manual_seed(0)
+            m_norm = motion.generate_motion_normalized(models.denoiser, input_x, ori_kp, feats, steps=steps,
+                                                       generator=gen, dtype=models.dtype)
+        with timer("f_denorm_kalman"):
+            mo = motion.smooth_motion(motion.denormalize(m_norm.float(), models.norm), 1.0)
+        x_d = motion.driving_keypoints(mo, kp_info)[:render_frames]
+        photo_t = torch.from_numpy(photo).to(dev).float().div(255)
+        mask = face.make_paste_mask(crop, photo.shape[:2], device=dev)
+        chunks = []
+        it = render.render_frames(models.warping_network, models.spade_decoder, f_s, x_s, x_d,
+                                  chunk_size=chunk, dtype=models.dtype)
+        while True:
+            with timer("g_render"):
+                c = next(it, None)
+            if c is None:
+                break
+            with timer("p_paste_back"):
+                chunks.append(face.paste_back(c, photo_t, crop, mask))
+    with tempfile.TemporaryDirectory() as tmp, timer("v_video_encode"):
+        write_mp4(Path(tmp) / "b.mp4", chunks, 25.0, wav16k[: int(render_frames * 640)], 16000)
+    return {"frames": int(feats.shape[0]), "rendered": int(x_d.shape[0])}
+
+
+def bench_stages(args, models) -> dict:
+    import imageio.v3 as iio
+
+    photo = face.to_rgb_uint8(iio.imread(args.image))
+    wav = _audio_frames(args.audio, args.frames)
+    if args.warmup:
+        run_once(models, photo, _audio_frames(args.audio, 32), steps=2, render_frames=1, chunk=args.chunk_size,
+                 timer=Timer(models.device))
+    timer = Timer(models.device)
+    t0 = time.perf_counter()
+    counts = run_once(models, photo, wav, steps=args.steps, render_frames=min(args.render_frames, args.frames),
+                      chunk=args.chunk_size, timer=timer)
+    total = time.perf_counter() - t0
+    n, k = counts["frames"], counts["rendered"]
+    st = timer.stages
+    per_frame = {s: st[s] / k for s in ("g_render", "p_paste_back", "v_video_encode")}
+    stages = {s: v for s, v in st.items() if s not in per_frame}
+    for s, v in per_frame.items():
+        stages[s] = v * n
+    stages["h_total"] = total + sum(per_frame.values()) * (n - k)
+    motion_stages = sum(stages[s] for s in ("c_mel", "d_audio_encoder", "e_motion_sampling", "f_denorm_kalman"))
+    return {
+        "stages_s": {s: round(v, 4) for s, v in stages.items()},
+        "render_per_frame_s": round(per_frame["g_render"], 4),
+        "motion_stages_s": round(motion_stages, 4),
+        "fps_end_to_end": round(n / stages["h_total"], 4),
+        "frames": n, "frames_rendered": k, "render_extrapolated": k < n,
+        "peak_memory_mb": round(_peak_mb(models.device), 1),
+    }
+
+
+def bench_memory(args, models) -> list[dict]:
+    """Peak memory of motion generation + streamed rendering for several audio lengths."""
+    import imageio.v3 as iio
+
+    photo = iio.imread(args.image)
+    portrait = pipeline.prepare_portrait(models, photo)
+    rows = []
+    for seconds in [float(s) for s in args.memory_seconds.split(",")]:
+        frames = int(seconds * 25)
+        wav = _audio_frames(args.audio, frames)
+        if models.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(models.device)
+        t0 = time.perf_counter()
+        feats = pipeline.encode_audio(models, wav, 16000)
+        mo = pipeline.sample_motion(models, portrait, feats, steps=args.steps)
+        t_motion = time.perf_counter() - t0
+        rendered = 0
+        for chunk in pipeline.iter_render(models, portrait, mo, chunk_size=args.chunk_size):
+            rendered += chunk.shape[0]
+            if rendered >= args.render_frames:
+                break
+        rows.append({"audio_s": seconds, "frames": mo.num_frames, "motion_s": round(t_motion, 2),
+                     "motion_frames_per_s": round(mo.num_frames / t_motion, 1),
+                     "streamed_frames": rendered, "peak_memory_mb": round(_peak_mb(models.device), 1)})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models-dir", required=True, type=Path)
+    ap.add_argument("--image", type=Path, default=DEFAULT_IMAGE)
+    ap.add_argument("--audio", type=Path, default=DEFAULT_AUDIO)
+    ap.add_argument("--frames", type=int, default=50)
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--render-frames", type=int, default=4)
+    ap.add_argument("--chunk-size", type=int, default=4)
+    ap.add_argument("--precision", default="fp32")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--no-warmup", dest="warmup", action="store_false")
+    ap.add_argument("--memory-seconds", default=None, help="e.g. 10,60,600: memory vs audio length instead")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    models = pipeline.load_models(args.models_dir, device=args.device, precision=args.precision)
+    load_s = time.perf_counter() - t0
+    machine = {"python": platform.python_version(), "torch": torch.__version__, "threads": args.threads,
+               "device": str(models.device), "precision": models.precision,
+               "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    if models.device.type == "cuda":
+        machine["gpu"] = torch.cuda.get_device_name(models.device)
+    result = {"machine": machine, "args": {k: str(v) for k, v in vars(args).items()}, "model_load_s": round(load_s, 2)}
+    if args.memory_seconds:
+        result["memory_vs_audio_length"] = bench_memory(args, models)
+    else:
+        result.update(bench_stages(args, models))
+    print(json.dumps(result, indent=1))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=4)
+    main()
