@@ -98,14 +98,15 @@ def _peak_memory_mb(device) -> float:
 def cmd_generate(args: argparse.Namespace) -> int:
     """Run the whole pipeline and write an mp4."""
     from kdtalker_core import audio as audio_mod
-    from kdtalker_core import checkpoints, pipeline
+    from kdtalker_core import checkpoints, face, pipeline
     from kdtalker_core.video import write_mp4
 
     t_start = time.perf_counter()
     # Validate inputs before loading any model, so bad input fails in seconds.
     if not args.image.is_file():
         raise InputError(f"image not found: {args.image}")
-    photo = _read_image(args.image)
+    photo = face.to_rgb_uint8(_read_image(args.image), str(args.image))
+    crop = face.crop_portrait(photo, face_index=args.face_index, name=str(args.image))
     waveform, sr = audio_mod.load_audio_file(args.audio)
     if args.max_seconds is not None:
         waveform = waveform[..., : int(args.max_seconds * sr)]
@@ -116,7 +117,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     paths = checkpoints.find_model_files(args.models_dir or _default_models_dir())
     models = pipeline.load_models(paths=paths, device=args.device, precision=args.precision,
                                   attention=args.attention)
-    portrait = pipeline.prepare_portrait(models, photo, face_index=args.face_index, name=str(args.image))
+    portrait = pipeline.prepare_portrait(models, photo, crop=crop)
     feats = pipeline.encode_audio(models, waveform, sr)
     motion = pipeline.sample_motion(models, portrait, feats, seed=args.seed, steps=args.steps,
                                     smoothing=args.smoothing, callback=_Progress("motion"))

@@ -196,15 +196,19 @@ def prepare_portrait(
     order: str = "detector",
     crop_mode: str = "official",
     name: str = "image",
+    crop: face.PortraitCrop | None = None,
 ) -> Portrait:
     """Detect and crop the face, then run F and M once: the portrait every later stage uses.
 
     ``image``: (H,W), (H,W,1|3|4) or (1,H,W,C); uint8 or float [0,1]; numpy or torch (alpha is
     dropped as the official PIL ``convert('RGB')`` does). ``order``/``face_index`` pick among
-    several faces (``"detector"`` order is the official choice: the first detection).
+    several faces (``"detector"`` order is the official choice: the first detection). ``crop``:
+    a crop from :func:`face.crop_portrait` made earlier (e.g. to validate a photo before loading
+    the models), used instead of detecting again.
     """
     photo = face.to_rgb_uint8(image, name)
-    crop = face.crop_portrait(photo, face_index=face_index, order=order, mode=crop_mode, name=name)
+    if crop is None:
+        crop = face.crop_portrait(photo, face_index=face_index, order=order, mode=crop_mode, name=name)
     dev = models.device
     source = torch.from_numpy(crop.source).to(dev).permute(2, 0, 1)[None].float().div(255.0)
     kp_info = get_kp_info(models.motion_extractor, source)

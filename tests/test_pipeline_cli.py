@@ -56,6 +56,14 @@ def test_bad_inputs_fail_before_loading_models(tmp_path, capsys, sample_portrait
                            "--audio", str(SPEECH), "--out", str(tmp_path / "a.mp4")], capsys)
     assert rc == 2 and err.startswith("error: ") and "photo.png" in err
 
+    import imageio.v3 as iio
+
+    no_face = tmp_path / "wall.png"
+    iio.imwrite(no_face, np.full((200, 240, 3), 128, np.uint8))
+    rc, _, err = _run_cli(["generate", "--models-dir", str(tmp_path), "--image", str(no_face),
+                           "--audio", str(SPEECH), "--out", str(tmp_path / "n.mp4")], capsys)
+    assert rc == 2 and err.startswith("error: No face") and "wall.png" in err, err
+
     empty = _write_wav(tmp_path / "empty.wav", np.zeros(0))
     rc, _, err = _run_cli(["generate", "--models-dir", str(tmp_path), "--image", str(sample_portrait),
                            "--audio", str(empty), "--out", str(tmp_path / "b.mp4")], capsys)
