@@ -200,13 +200,25 @@ class ModelHandle:
 
     def acquire(self) -> pipeline.KDTalkerModels:
         if self.models.device != self.compute_device:
-            self.models.to(self.compute_device)
+            with outside_inference_mode():
+                self.models.to(self.compute_device)
         return self.models
 
     def release(self) -> None:
         if self.offload_device != self.compute_device and self.models.device != self.offload_device:
-            self.models.to(self.offload_device)
+            with outside_inference_mode():
+                self.models.to(self.offload_device)
         mm.soft_empty_cache()
+
+
+def outside_inference_mode() -> torch.inference_mode:
+    """Context for creating or moving network parameters inside a node.
+
+    ComfyUI executes every node under ``torch.inference_mode()``; parameters made there would be
+    inference tensors, which track no version counter (kdtalker_core's cached tables read it) and
+    cannot be updated in place later. Loading and device moves therefore leave inference mode.
+    """
+    return torch.inference_mode(False)
 
 
 def compute_device(choice: str) -> torch.device:
@@ -269,7 +281,8 @@ class KDTalkerLoadModels(io.ComfyNode):
                 attention: str, device: str, use_ema: bool) -> io.NodeOutput:
         paths = resolve_model_paths(kdtalker_checkpoint, wav2lip_checkpoint, liveportrait)
         dev = compute_device(device)
-        models = pipeline.load_models(paths=paths, device=dev, precision=precision,
-                                      attention=attention_backend(attention, dev), use_ema=use_ema)
+        with outside_inference_mode():
+            models = pipeline.load_models(paths=paths, device=dev, precision=precision,
+                                          attention=attention_backend(attention, dev), use_ema=use_ema)
         offload = torch.device(mm.unet_offload_device()) if dev.type != "cpu" else dev
         return io.NodeOutput(ModelHandle(models, dev, offload, paths))

@@ -239,3 +239,14 @@ def test_sampler_matches_a_direct_ddim_formula() -> None:
         x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
         x = a_p.sqrt() * x0 + (1 - a_p).sqrt() * eps
     torch.testing.assert_close(out.double(), x, atol=1e-5, rtol=1e-5)
+
+
+def test_weights_created_under_inference_mode_work():
+    """ComfyUI runs nodes under torch.inference_mode: weights loaded there are inference tensors
+    (no version counter); the denoiser's cached plan must cope and still follow weight changes."""
+    with torch.inference_mode():
+        model = MotionDenoiser(dim=128, num_layers=1).eval()
+        x, t, ctx = torch.randn(1, 10, 70), torch.tensor([5]), torch.randn(1, 10, 512)
+        first = model(x, t, ctx)
+        model.load_state_dict({k: v * 1.5 if v.is_floating_point() else v for k, v in model.state_dict().items()})
+        assert not torch.equal(model(x, t, ctx), first)

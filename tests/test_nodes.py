@@ -70,6 +70,13 @@ def _import_like_comfyui(package_dir: Path):
     return module
 
 
+def _execute(node: type[io.ComfyNode], **kwargs: Any) -> io.NodeOutput:
+    """Run a node the way ComfyUI's executor does: inside ``torch.inference_mode()`` (execution.py
+    wraps every prompt in it), so tensors a node creates are inference tensors, as in ComfyUI."""
+    with torch.inference_mode():
+        return node.execute(**kwargs)
+
+
 @pytest.fixture(scope="module")
 def comfy_root(tmp_path_factory) -> Path:
     """A fresh ComfyUI base folder (models/, input/, output/) for this module."""
@@ -159,7 +166,7 @@ def test_missing_models_error_names_files_folders_and_sources(nodes, comfy_root)
     from kdtalker_core.errors import ModelFileError
 
     with pytest.raises(ModelFileError) as info:
-        nodes["KDTalkerLoadModels"].execute(kdtalker_checkpoint="auto", wav2lip_checkpoint="auto",
+        _execute(nodes["KDTalkerLoadModels"], kdtalker_checkpoint="auto", wav2lip_checkpoint="auto",
                                             liveportrait="auto", precision="fp32", attention="auto",
                                             device="cpu", use_ema=False)
     message = str(info.value)
@@ -227,31 +234,31 @@ def test_node_progress_maps_stages_and_honours_cancel(package, progress_hook):
 
 def test_motion_tools(nodes, comfy_root):
     a, b = _motion(30, seed=1), _motion(20, seed=2)
-    scaled = nodes["KDTalkerScaleMotion"].execute(motion=a, pose_scale=0.0, expression_scale=1.0,
+    scaled = _execute(nodes["KDTalkerScaleMotion"], motion=a, pose_scale=0.0, expression_scale=1.0,
                                                   reference="first")[0]
     pose = scaled.data[:, 1:7]
     torch.testing.assert_close(pose, pose[:1].expand_as(pose))
     torch.testing.assert_close(scaled.data[:, 7:], a.data[:, 7:])
 
-    still = nodes["KDTalkerStillHead"].execute(motion=a)[0]
+    still = _execute(nodes["KDTalkerStillHead"], motion=a)[0]
     assert torch.equal(still.data[:, :7], a.data[:1, :7].expand(30, 7))
 
-    mixed = nodes["KDTalkerBlendMotion"].execute(motion_a=a, motion_b=b, weight=0.25)[0]
+    mixed = _execute(nodes["KDTalkerBlendMotion"], motion_a=a, motion_b=b, weight=0.25)[0]
     assert mixed.num_frames == 20
     torch.testing.assert_close(mixed.data, 0.75 * a.data[:20] + 0.25 * b.data)
 
-    saved = nodes["KDTalkerSaveMotion"].execute(motion=a, filename_prefix="kdtalker/test")
+    saved = _execute(nodes["KDTalkerSaveMotion"], motion=a, filename_prefix="kdtalker/test")
     assert saved[0] is a
     files = sorted((comfy_root / "output" / "kdtalker").glob("test_*.motion.safetensors"))
     assert [f.name for f in files] == ["test_00001_.motion.safetensors"]
     choices = nodes["KDTalkerLoadMotion"].GET_SCHEMA().inputs[0].options
     assert "kdtalker/test_00001_.motion.safetensors [output]" in choices
-    loaded = nodes["KDTalkerLoadMotion"].execute(
+    loaded = _execute(nodes["KDTalkerLoadMotion"],
         motion_file="kdtalker/test_00001_.motion.safetensors [output]")[0]
     torch.testing.assert_close(loaded.data, a.data)
     assert loaded.fps == a.fps
 
-    chart = nodes["KDTalkerPlotMotion"].execute(motion=a, width=256, height=128)[0]
+    chart = _execute(nodes["KDTalkerPlotMotion"], motion=a, width=256, height=128)[0]
     assert chart.shape == (1, 128, 256, 3) and chart.dtype == torch.float32
     assert 0.0 <= float(chart.min()) and float(chart.max()) <= 1.0 and float(chart.std()) > 0.01
 
@@ -340,7 +347,7 @@ def models_handle(nodes, comfy_root, extra_liveportrait, official_models_dir):
     assert "KDTalker.pth" in options["kdtalker_checkpoint"]
     assert "wav2lip.pth" in options["wav2lip_checkpoint"]
     assert str(extra_liveportrait) in options["liveportrait"]
-    handle = nodes["KDTalkerLoadModels"].execute(
+    handle = _execute(nodes["KDTalkerLoadModels"],
         kdtalker_checkpoint="KDTalker.pth", wav2lip_checkpoint="auto", liveportrait=str(extra_liveportrait),
         precision="fp32", attention="auto", device="auto", use_ema=False)[0]
     assert handle.paths.liveportrait_dir == extra_liveportrait
@@ -371,7 +378,7 @@ def _run_workflow(wf: dict, nodes: dict, inputs: dict[str, Any], overrides: dict
             for key, value in _widget_values(schema, node["widgets_values"]).items():
                 kwargs.setdefault(key, value)
             kwargs.update(overrides.get(typ, {}))
-            results[node["id"]] = tuple(nodes[typ].execute(**kwargs).args)
+            results[node["id"]] = tuple(_execute(nodes[typ], **kwargs).args)
         else:
             results[node["id"]] = tuple(sink(by_id[node["id"]], kwargs) or ())
     return results
@@ -444,17 +451,17 @@ def test_step_by_step_workflow(nodes, models_handle, progress_hook):
 @pytest.mark.slow
 def test_sample_motion_seed_and_cancel(nodes, models_handle, progress_hook):
     """Same seed -> same motion; another seed -> another; Cancel stops sampling."""
-    portrait, _preview = nodes["KDTalkerPreparePortrait"].execute(
+    portrait, _preview = _execute(nodes["KDTalkerPreparePortrait"],
         image=_portrait_image(), models=models_handle, face_index=0, order="largest",
         crop_mode="official").args
     assert _preview.shape == (1, 256, 256, 3)
-    features, audio = nodes["KDTalkerEncodeAudio"].execute(
+    features, audio = _execute(nodes["KDTalkerEncodeAudio"],
         audio=_speech(1.0), models=models_handle, fps=25.0, start_seconds=0.2, duration_seconds=0.5).args
     assert features.num_frames == 12
     assert audio["waveform"].shape[-1] == round(12 / 25 * audio["sample_rate"])
 
     def sample(seed):
-        return nodes["KDTalkerSampleMotion"].execute(portrait=portrait, audio_features=features,
+        return _execute(nodes["KDTalkerSampleMotion"], portrait=portrait, audio_features=features,
                                                      models=models_handle, seed=seed, steps=2, eta=0.0,
                                                      smoothing=1.0)[0]
 

@@ -8,9 +8,11 @@ Skipped unless ``COMFYUI_PATH`` names a ComfyUI checkout. ComfyUI runs in its ow
   pytest process may already hold the stand-in's ``comfy`` modules and another torch);
 * server: ``main.py --cpu`` on a free loopback port with this folder in ``custom_nodes``; checks the
   log, ``/object_info`` and the example workflows, then runs ``workflows/kdtalker_basic.json`` in API
-  form over HTTP on the sample photo and 0.12 s of real speech (3 frames, 2 steps) and reads the
-  saved mp4 back. Models: symlinks to ``KDTALKER_TEST_MODELS`` (a folder holding ``kdtalker/`` and
-  ``liveportrait/``) or to random full-size weights in the official layout written here.
+  form over HTTP on the sample photo and 0.12 s of real speech (3 frames, 2 steps), and the other
+  example workflows too, and reads the saved mp4 back. Models: symlinks to ``KDTALKER_TEST_MODELS``
+  (a folder holding ``kdtalker/`` and ``liveportrait/``) or to random full-size weights in the
+  official layout written here. ``KDTALKER_TEST_EXTRA_NODES`` (``os.pathsep``-separated folders) adds
+  other node packages, e.g. ComfyUI-VideoHelperSuite for ``kdtalker_vhs.json``.
 """
 
 from __future__ import annotations
@@ -220,6 +222,8 @@ def server(tmp_path_factory) -> Iterator[Server]:
     for d in ("models", "input", "output", "temp", "user", "custom_nodes"):
         (base / d).mkdir()
     (base / "custom_nodes" / PACKAGE_NAME).symlink_to(ROOT, target_is_directory=True)
+    for extra in filter(None, os.environ.get("KDTALKER_TEST_EXTRA_NODES", "").split(os.pathsep)):
+        (base / "custom_nodes" / Path(extra).name).symlink_to(Path(extra).resolve(), target_is_directory=True)
     _link_models(base / "models", tmp_path_factory)
     shutil.copy(PORTRAIT, base / "input" / "sample_portrait.jpg")
     _write_speech_clip(base / "input" / "sample_speech.wav", 0.12)  # 3 frames at 25 fps
@@ -321,41 +325,71 @@ def ui_to_api(wf: dict, object_info: dict) -> dict[str, dict]:
     return prompt
 
 
-def test_basic_workflow_runs_over_http_and_saves_a_talking_video(server, object_info):
-    av = pytest.importorskip("av")
-    wf = json.loads((WORKFLOWS / "kdtalker_basic.json").read_text())
-    prompt = ui_to_api(wf, object_info)
-    kdtalker = next(n for n in prompt.values() if n["class_type"] == "KDTalker")
-    assert kdtalker["inputs"]["seed"] == 0 and kdtalker["inputs"]["steps"] == 50
-    kdtalker["inputs"]["steps"] = 2
-    loader = next(n for n in prompt.values() if n["class_type"] == "KDTalkerLoadModels")
-    loader["inputs"]["precision"] = "fp32"
+#: Per workflow: node type -> input overrides that keep the CPU run short (3 frames, 2 DDIM steps).
+RUNS = {
+    "kdtalker_basic.json": {"KDTalker": {"steps": 2}},
+    "kdtalker_step_by_step.json": {"KDTalkerSampleMotion": {"steps": 2}},
+    "kdtalker_vhs.json": {"KDTalker": {"steps": 2}},
+}
+
+
+def _run_prompt(server: Server, prompt: dict) -> dict:
+    """POST the prompt, poll /history until it finished (bounded), return its history entry."""
     answer = server.post("/prompt", {"prompt": prompt, "client_id": "kdtalker-test"})
     assert not answer.get("node_errors"), answer
     prompt_id = answer["prompt_id"]
     deadline = time.monotonic() + RUN_S
-    entry = None
     while time.monotonic() < deadline:
         entry = server.get(f"/history/{prompt_id}").get(prompt_id)
-        if entry and entry.get("status", {}).get("completed") is not None and (
-                entry["status"]["completed"] or entry["status"].get("status_str") == "error"):
-            break
+        status = (entry or {}).get("status", {})
+        if status.get("completed") or status.get("status_str") == "error":
+            assert status["status_str"] == "success", json.dumps(status, indent=1)[-4000:]
+            return entry
         assert server.proc.poll() is None, server.log()[-4000:]
         time.sleep(2.0)
-    assert entry is not None, f"no result within {RUN_S:.0f} s:\n{server.log()[-4000:]}"
-    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"], indent=1)[-4000:]
-    save_id = next(k for k, n in prompt.items() if n["class_type"] == "SaveVideo")
-    saved = entry["outputs"][save_id]["images"]
-    assert len(saved) == 1 and saved[0]["filename"].endswith(".mp4") and saved[0]["type"] == "output"
-    path = server.base / "output" / saved[0]["subfolder"] / saved[0]["filename"]
+    raise AssertionError(f"prompt not finished within {RUN_S:.0f} s:\n{server.log()[-4000:]}")
+
+
+def _check_video_file(path: Path, frames: int, size: tuple[int, int], seconds: float) -> None:
+    """The file holds ``frames`` video frames of ``size`` (H, W) at 25 fps and ~``seconds`` of audio."""
+    import av
+
     with av.open(str(path)) as container:
-        assert container.streams.video and container.streams.audio
-        video = container.streams.video[0]
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-    assert len(frames) == 3
-    assert frames[0].shape == (512, 512, 3)  # paste_back: the full 512x512 sample photo
-    assert float(video.average_rate) == pytest.approx(25.0)
+        assert container.streams.video and container.streams.audio, f"{path}: needs video and audio"
+        rate = float(container.streams.video[0].average_rate)
+        images = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     with av.open(str(path)) as container:
+        audio_rate = container.streams.audio[0].rate
         samples = sum(f.samples for f in container.decode(audio=0))
-        rate = container.streams.audio[0].rate
-    assert samples / rate == pytest.approx(0.12, abs=0.05)  # AAC pads to whole frames
+    assert len(images) == frames and images[0].shape == (*size, 3)
+    assert rate == pytest.approx(25.0)
+    # AAC codes whole 1024-sample frames, and muxers cut or pad the audio to whole frames.
+    assert samples / audio_rate == pytest.approx(seconds, abs=1024 / audio_rate + 0.005)
+
+
+@pytest.mark.parametrize("name", sorted(RUNS))
+def test_workflow_runs_over_http_and_saves_a_talking_video(server, object_info, name):
+    pytest.importorskip("av")
+    wf = json.loads((WORKFLOWS / name).read_text())
+    missing = {n["type"] for n in wf["nodes"]} - FRONTEND_ONLY - set(object_info)
+    if missing:
+        pytest.skip(f"{name} needs {sorted(missing)}: link that node package into the test's custom_nodes "
+                    "with KDTALKER_TEST_EXTRA_NODES")
+    prompt = ui_to_api(wf, object_info)
+    for node in prompt.values():
+        for key, value in RUNS[name].get(node["class_type"], {}).items():
+            assert key in node["inputs"], (node["class_type"], key)
+            node["inputs"][key] = value
+    entry = _run_prompt(server, prompt)
+    videos = [item for out in entry["outputs"].values() for key in ("images", "gifs")
+              for item in out.get(key, []) if item["filename"].endswith(".mp4")]
+    assert len(videos) == 1, entry["outputs"]
+    item = videos[0]
+    assert item["type"] == "output"
+    _check_video_file(server.base / "output" / item["subfolder"] / item["filename"], frames=3, size=(512, 512),
+                      seconds=0.12)  # paste_back: the full 512x512 sample photo, as long as the clip
+    if name == "kdtalker_step_by_step.json":
+        saved = [t for out in entry["outputs"].values() for t in out.get("text", [])]
+        assert len(saved) == 1 and (server.base / "output" / saved[0]).is_file()
+        previews = [i for out in entry["outputs"].values() for i in out.get("images", []) if i["type"] == "temp"]
+        assert len(previews) == 2  # the crop and the motion chart

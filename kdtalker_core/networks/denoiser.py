@@ -207,7 +207,9 @@ class MotionDenoiser(nn.Module):
         """The plan for the current parameters, rebuilt when any parameter moved or changed."""
         params = list(self.parameters())
         dtype = self.body.input_projection.weight.dtype
-        signature = (dtype, tuple((p.data_ptr(), p._version) for p in params))
+        # Inference tensors (weights loaded under torch.inference_mode, as ComfyUI runs nodes) have no
+        # version counter and cannot be modified in place: their storage address identifies them.
+        signature = (dtype, tuple((p.data_ptr(), -1 if torch.is_inference(p) else p._version) for p in params))
         plan = self._plan
         if plan is not None and plan.signature == signature:
             return plan
