@@ -8,9 +8,9 @@ import torch
 from comfy_api.latest import io
 
 from . import types as t
+from . import widgets as w
 from .core import pipeline
 from .models import ModelHandle
-from .motion import SEED_MAX
 from .progress import NodeProgress
 
 #: Frame rate of the one-node path (KDTalker's training rate).
@@ -35,19 +35,11 @@ class KDTalker(io.ComfyNode):
                 io.Image.Input("image", tooltip="The portrait photo (the first image of a batch is used)."),
                 io.Audio.Input("audio", tooltip="The speech (any sample rate, mono or stereo)."),
                 t.Models.Input("models", tooltip="From Load KDTalker Models."),
-                io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=True,
-                             tooltip="Random seed: other seeds give other head motion for the same speech."),
-                io.Int.Input("steps", default=50, min=1, max=1000,
-                             tooltip="DDIM steps per 64-frame window. 50 is the official setting; "
-                                     "10 is about 5x faster with similar lip sync."),
-                io.Float.Input("smoothing", default=1.0, min=0.0, max=1.0, step=0.05,
-                               tooltip="Kalman smoothing of the motion: 1 is the official amount, 0 is off."),
-                io.Int.Input("chunk_size", default=8, min=1, max=512,
-                             tooltip="Frames rendered at once. Larger is faster on a GPU and uses more "
-                                     "memory; memory does not grow with the audio length."),
-                io.Boolean.Input("paste_back", default=True,
-                                 tooltip="On: paste the animated face into the original photo (full size). "
-                                         "Off: output the 512x512 face crop."),
+                w.seed_input(),
+                w.steps_input(),
+                w.smoothing_input(),
+                w.chunk_size_input(),
+                w.paste_back_input(),
             ],
             outputs=[
                 io.Image.Output("images", tooltip="The frames (T,H,W,3) at 25 fps."),

@@ -5,11 +5,10 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from . import types as t
+from . import widgets as w
 from .core import pipeline
 from .models import ModelHandle
 from .progress import NodeProgress
-
-SEED_MAX = 0xFFFFFFFFFFFFFFFF
 
 
 class KDTalkerSampleMotion(io.ComfyNode):
@@ -27,16 +26,12 @@ class KDTalkerSampleMotion(io.ComfyNode):
                 t.Portrait.Input("portrait", tooltip="From Prepare Portrait."),
                 t.AudioFeatures.Input("audio_features", tooltip="From Encode Audio."),
                 t.Models.Input("models", tooltip="From Load KDTalker Models."),
-                io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=True,
-                             tooltip="Random seed: other seeds give other head motion for the same speech."),
-                io.Int.Input("steps", default=50, min=1, max=1000,
-                             tooltip="DDIM steps per 64-frame window. 50 is the official setting; "
-                                     "10 is about 5x faster with similar lip sync."),
+                w.seed_input(),
+                w.steps_input(),
                 io.Float.Input("eta", default=0.0, min=0.0, max=1.0, step=0.05,
                                tooltip="DDIM eta: 0 is deterministic DDIM (official); 1 adds fresh noise "
                                        "at every step like DDPM."),
-                io.Float.Input("smoothing", default=1.0, min=0.0, max=1.0, step=0.05,
-                               tooltip="Kalman smoothing of the motion: 1 is the official amount, 0 is off."),
+                w.smoothing_input(),
             ],
             outputs=[t.Motion.Output("motion", tooltip="Per-frame motion for Render or the motion tools.")],
         )

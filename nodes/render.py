@@ -7,6 +7,7 @@ from typing import Any
 from comfy_api.latest import io
 
 from . import types as t
+from . import widgets as w
 from .core import pipeline
 from .models import ModelHandle
 from .progress import NodeProgress
@@ -27,12 +28,8 @@ class KDTalkerRender(io.ComfyNode):
                 t.Portrait.Input("portrait", tooltip="From Prepare Portrait."),
                 t.Motion.Input("motion", tooltip="From Sample Motion or a motion tool."),
                 t.Models.Input("models", tooltip="From Load KDTalker Models."),
-                io.Int.Input("chunk_size", default=8, min=1, max=512,
-                             tooltip="Frames rendered at once. Larger is faster on a GPU and uses more "
-                                     "memory; memory does not grow with the audio length."),
-                io.Boolean.Input("paste_back", default=True,
-                                 tooltip="On: paste the animated face into the original photo (full size). "
-                                         "Off: output the 512x512 face crop."),
+                w.chunk_size_input(),
+                w.paste_back_input(),
                 io.Audio.Input("audio", optional=True,
                                tooltip="Optional: the audio output of Encode Audio. It is passed through, "
                                        "cut or padded to the length of the frames; without it the audio "
