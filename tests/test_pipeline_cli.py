@@ -129,3 +129,42 @@ def test_cli_generate_writes_playable_mp4_with_speech(official_models_dir, tmp_p
     assert info["frames"] == 3 and info["fps"] == 25.0
     assert abs(info["audio_seconds"] - 0.12) < 0.07  # AAC pads to whole 1024-sample frames
     assert [p.name for p in tmp_path.iterdir()] == ["talk.mp4"], "no temporary files left behind"
+
+
+def test_cli_convert_round_trips_to_single_safetensors(official_models_dir, tmp_path, capsys):
+    """convert: official .pth files -> kdtalker.safetensors + Kijai-layout LivePortrait files that
+    hold exactly the same tensors and are found and preferred by the finder."""
+    from kdtalker_core import checkpoints as ck
+
+    out = tmp_path / "converted"
+    rc, stdout, err = _run_cli(["convert", "--models-dir", str(official_models_dir), "--out-dir", str(out)],
+                               capsys)
+    assert rc == 0, err
+    assert (out / "kdtalker" / "kdtalker.safetensors").is_file() and "kdtalker.safetensors" in stdout
+    paths = ck.find_model_files(out)
+    assert paths.kdtalker_is_bundle and paths.liveportrait["warping_module"].suffix == ".safetensors"
+    original = ck.load_kdtalker_bundle(ck.find_model_files(official_models_dir))
+    converted = ck.load_kdtalker_bundle(paths)
+    for part in ("denoiser", "audio_encoder"):
+        a, b = getattr(original, part), getattr(converted, part)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    lp_a = ck.load_liveportrait(official_models_dir / "liveportrait")
+    lp_b = ck.load_liveportrait(out / "liveportrait")
+    assert all(torch.equal(lp_a["spade_generator"][k], lp_b["spade_generator"][k]) for k in lp_a["spade_generator"])
+
+
+def test_cli_download_explains_what_to_do_when_it_cannot(tmp_path, capsys, monkeypatch):
+    """download is opt-in; without huggingface_hub (or offline) it exits 2 with instructions."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_hub(name, *args, **kwargs):
+        if name.startswith("huggingface_hub"):
+            raise ImportError("No module named 'huggingface_hub'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_hub)
+    rc, _, err = _run_cli(["download", "--models-dir", str(tmp_path)], capsys)
+    assert rc == 2 and err.startswith("error: ") and "huggingface_hub" in err and "README" in err
+    assert list(tmp_path.iterdir()) == []
