@@ -11,7 +11,8 @@ Stages: a crop (dlib + landmarks + official crop), b source prep (M keypoint inf
 c mel (16 kHz mono, mel, windows), d audio encoder, e motion sampling (64-frame windows, DDIM),
 f denormalise + Kalman, g render (warp + decode; ``--render-frames K`` renders K frames for real
 and extrapolates to N, as the official bench does), p paste-back, v video encode (H.264), h total.
-A warm-up pass (2 DDIM steps, 1 frame) precedes the timed run. Runs on CUDA when ``--device cuda``.
+A warm-up pass (2 DDIM steps, 1 frame) precedes the timed run. Runs on CUDA when one is present
+(``--device auto``, the default), else on the CPU.
 
 ``--memory-seconds`` instead measures peak memory of the motion path (audio -> features -> motion)
 and of streaming ``--render-frames`` frames, for each audio length: memory must not grow with the
@@ -196,7 +197,7 @@ def main() -> None:
     ap.add_argument("--render-frames", type=int, default=4)
     ap.add_argument("--chunk-size", type=int, default=4)
     ap.add_argument("--precision", default="fp32")
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
     ap.add_argument("--no-warmup", dest="warmup", action="store_false")
     ap.add_argument("--memory-seconds", default=None, help="e.g. 10,60,600: memory vs audio length instead")
     ap.add_argument("--json", type=Path, default=None)
