@@ -138,7 +138,7 @@ def load_models(
     warping = load("warping_module", lp["warping_module"], lp.files["warping_module"],
                    "LivePortrait warping network (W)")
     spade = load("spade_generator", lp["spade_generator"], lp.files["spade_generator"],
-                 "LivePortrait SPADE decoder (G)")
+                 "LivePortrait SPADE decoder (G)").fuse_spectral_norm()
     stitching = None
     if lp.get("stitching_retargeting_module") is not None:
         stitching = load("retarget_shoulder", lp["stitching_retargeting_module"]["retarget_shoulder"],
