@@ -190,14 +190,6 @@ def read_safetensors(path: PathLike, *, hint: str | None = None) -> dict[str, to
         raise _corrupt(p, f"invalid safetensors file ({_short(exc)})", hint) from exc
 
 
-def read_safetensors_metadata(path: PathLike) -> dict[str, str]:
-    """The ``__metadata__`` strings of a safetensors file ({} when absent)."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        return dict(f.metadata() or {})
-
-
 def _short(exc: BaseException, limit: int = 300) -> str:
     text = " ".join(str(exc).split())
     return text if len(text) <= limit else text[:limit] + " ..."

@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--attention", choices=["auto", "xformers", "sdpa", "math"], default="auto")
     g.add_argument("--chunk-size", type=int, default=4, help="frames rendered per batch")
     g.add_argument("--no-paste-back", action="store_true", help="write the 512x512 face crop only")
-    g.add_argument("--face-index", type=int, default=0, help="which face (0 = largest)")
+    g.add_argument("--face-index", type=int, default=0,
+                   help="which face, in detector order (0 = the most confident, as the official code)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     g.add_argument("--max-seconds", type=float, default=None, help="only use this much of the audio")
     _add_common(g)
@@ -109,6 +110,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     crop = face.crop_portrait(photo, face_index=args.face_index, name=str(args.image))
     waveform, sr = audio_mod.load_audio_file(args.audio)
     if args.max_seconds is not None:
+        if not args.max_seconds > 0:
+            raise InputError(f"--max-seconds must be positive, got {args.max_seconds}")
         waveform = waveform[..., : int(args.max_seconds * sr)]
     audio_mod.to_mono_16k(waveform[..., : sr], sr)  # cheap sanity check of the samples
     if args.out.suffix.lower() != ".mp4":

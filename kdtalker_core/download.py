@@ -13,7 +13,7 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
-from kdtalker_core.errors import KDTalkerError
+from kdtalker_core.errors import InputError, KDTalkerError
 
 KDTALKER_REPO = "ChaolongYang/KDTalker"
 LIVEPORTRAIT_REPO = "Kijai/LivePortrait_safetensors"
@@ -79,6 +79,8 @@ def _fetch(repo: str, names: Iterable[str], dest: Path) -> list[Path]:
 
 def download(models_dir: str | Path, what: str = "all") -> list[Path]:
     """Download the weights into ``models_dir`` (``what``: all, kdtalker, liveportrait)."""
+    if what not in ("all", "kdtalker", "liveportrait"):
+        raise InputError(f"unknown download set {what!r}: use 'all', 'kdtalker' or 'liveportrait'")
     root = Path(models_dir)
     got: list[Path] = []
     if what in ("all", "kdtalker"):

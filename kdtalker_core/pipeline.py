@@ -75,7 +75,7 @@ class KDTalkerModels:
 
     @property
     def dtype(self) -> torch.dtype:
-        """Compute dtype of rendering and the denoiser."""
+        """Compute dtype of rendering (and of the denoiser on CUDA; on a CPU it stays float32)."""
         return PRECISIONS[self.precision]
 
     def modules(self) -> dict[str, torch.nn.Module]:
@@ -290,6 +290,9 @@ def sample_motion(
         raise InputError(f"steps must be >= 1, got {steps}")
     input_x, ori_kp = motion_mod.normalize_source(portrait.kp_info, models.norm)
     generator = torch.Generator(device=models.device).manual_seed(int(seed))
+    # Tokens in the denoiser's own dtype: it is reduced only on CUDA (see load_models), so on a CPU
+    # a bf16/fp16 setting must not round the fp32 model's inputs.
+    token_dtype = next(models.denoiser.parameters()).dtype
 
     def progress(window: int, n_windows: int, step: int, n_steps: int) -> None:
         if callback is not None:
@@ -298,7 +301,7 @@ def sample_motion(
     with torch.inference_mode():
         motion_norm = motion_mod.generate_motion_normalized(
             models.denoiser, input_x, ori_kp, audio.features,
-            steps=steps, eta=eta, generator=generator, callback=progress, dtype=models.dtype,
+            steps=steps, eta=eta, generator=generator, callback=progress, dtype=token_dtype,
         )
         motion = motion_mod.denormalize(motion_norm.float(), models.norm, fps=audio.fps)
         return motion_mod.smooth_motion(motion, strength=smoothing)

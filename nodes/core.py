@@ -35,6 +35,7 @@ def ensure_kdtalker_core() -> None:
 
 ensure_kdtalker_core()
 
-from kdtalker_core import checkpoints, errors, face, motion_edit, pipeline  # noqa: E402 - after the bootstrap
+from kdtalker_core import attention, checkpoints, errors, face, motion_edit, pipeline  # noqa: E402 - after the bootstrap
 
-__all__ = ["PACKAGE_ROOT", "checkpoints", "errors", "face", "motion_edit", "pipeline", "ensure_kdtalker_core"]
+__all__ = ["PACKAGE_ROOT", "attention", "checkpoints", "errors", "face", "motion_edit", "pipeline",
+           "ensure_kdtalker_core"]

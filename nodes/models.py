@@ -20,7 +20,7 @@ import torch
 from comfy_api.latest import io
 
 from . import types as t
-from .core import checkpoints, errors, pipeline
+from .core import attention, checkpoints, errors, pipeline
 
 KDTALKER_FOLDER = "kdtalker"
 LIVEPORTRAIT_FOLDER = "liveportrait"
@@ -199,6 +199,9 @@ class ModelHandle:
     paths: checkpoints.ModelPaths | None = None
 
     def acquire(self) -> pipeline.KDTalkerModels:
+        # The attention backend is process-wide: re-apply this handle's choice (another Load Models
+        # node may have set a different one since).
+        attention.set_attention_backend(self.models.attention_backend)
         if self.models.device != self.compute_device:
             with outside_inference_mode():
                 self.models.to(self.compute_device)

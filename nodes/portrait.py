@@ -32,7 +32,7 @@ class KDTalkerPreparePortrait(io.ComfyNode):
                 io.Int.Input("face_index", default=0, min=0, max=63,
                              tooltip="Which face to animate when the photo shows several, counted in the "
                                      "order below (0 = first)."),
-                io.Combo.Input("order", options=FACE_ORDERS, default="largest",
+                io.Combo.Input("order", options=FACE_ORDERS, default="detector",
                                tooltip="How faces are ordered for face_index: largest first, left to right, "
                                        "top to bottom, or detector (most confident first, the official "
                                        "choice)."),

@@ -465,7 +465,12 @@ def test_sample_motion_seed_and_cancel(nodes, models_handle, progress_hook):
                                                      models=models_handle, seed=seed, steps=2, eta=0.0,
                                                      smoothing=1.0)[0]
 
+    from kdtalker_core import attention
+
+    attention.set_attention_backend("math")  # as if another Load Models node had chosen "math"
     m1, m2, m3 = sample(7), sample(7), sample(8)
+    assert attention.get_attention_backend() == models_handle.models.attention_backend, \
+        "each node run uses its own models' attention backend"
     assert m1.num_frames == 12 and torch.equal(m1.data, m2.data) and not torch.equal(m1.data, m3.data)
     mm.interrupt_current_processing(True)
     with pytest.raises(mm.InterruptProcessingException):

@@ -6,6 +6,7 @@ the frames are meaningless, but every shape, file and byte that reaches the user
 
 from __future__ import annotations
 
+import dataclasses
 import wave
 from pathlib import Path
 
@@ -72,6 +73,10 @@ def test_bad_inputs_fail_before_loading_models(tmp_path, capsys, sample_portrait
     rc, _, err = _run_cli(["generate", "--models-dir", str(tmp_path), "--image", str(sample_portrait),
                            "--audio", str(SPEECH), "--out", str(tmp_path / "c.avi")], capsys)
     assert rc == 2 and ".mp4" in err
+
+    rc, _, err = _run_cli(["generate", "--models-dir", str(tmp_path), "--image", str(sample_portrait),
+                           "--audio", str(SPEECH), "--max-seconds", "-1", "--out", str(tmp_path / "d.mp4")], capsys)
+    assert rc == 2 and "--max-seconds" in err
     assert not any(p.suffix in (".mp4", ".avi") for p in tmp_path.iterdir())
 
 
@@ -101,6 +106,9 @@ def test_photo_to_pasted_frames_with_one_frame_of_audio(models, sample_portrait)
     assert portrait.feature_3d.shape == (1, 32, 16, 64, 64) and portrait.x_s.shape == (1, 21, 3)
     motion = pipeline.sample_motion(models, portrait, audio, steps=2)
     assert motion.data.shape == (1, 70) and torch.isfinite(motion.data).all()
+    # a bf16 setting on a CPU keeps the denoiser in fp32 and must not round its inputs
+    bf16_on_cpu = dataclasses.replace(models, precision="bf16")
+    assert torch.equal(pipeline.sample_motion(bf16_on_cpu, portrait, audio, steps=2).data, motion.data)
     ticks: list[tuple[int, int]] = []
     result = pipeline.render(models, portrait, motion, chunk_size=4, callback=lambda d, t: ticks.append((d, t)))
     assert ticks[-1] == (1, 1)
