@@ -95,3 +95,19 @@ def compare_exact(fixture: str, output: str, actual: Any, expected: torch.Tensor
     """Exact equality (integer outputs such as boxes, landmarks, uint8 images)."""
     return compare(fixture, output, torch.as_tensor(actual).to(expected.dtype).double(),
                    expected.double(), atol=0.0, rtol=0.0)
+
+
+def compare_outputs(fx: Fixture, actual: dict[str, torch.Tensor], suffix: str = "") -> list[CheckResult]:
+    """Compare every expected output of ``fx`` with ``actual`` at the fixture's tolerances.
+
+    An expected output missing from ``actual`` is a FAIL; ``suffix`` labels a variant run
+    (e.g. ``"[fused]"``) while the tolerance is still looked up under the plain output name.
+    """
+    results = []
+    for name, expected in fx.outputs.items():
+        label = f"{name}{suffix}"
+        if name not in actual:
+            results.append(CheckResult(fx.name, label, False, float("nan"), "not produced by the checker"))
+            continue
+        results.append(compare(fx.name, label, actual[name], expected, *tolerance(fx.meta, name)))
+    return results

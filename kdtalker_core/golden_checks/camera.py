@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from kdtalker_core.golden_checks._common import CheckResult, compare, load_fixture, tolerance
+from kdtalker_core.golden_checks._common import CheckResult, compare_outputs, load_fixture
 from kdtalker_core.keypoints import (
     get_rotation_matrix,
     headpose_pred_to_degree,
@@ -39,10 +39,4 @@ def check(fixture_dir: Path, meta: dict[str, Any]) -> list[CheckResult]:
     """Compare every output in ``outputs.safetensors`` (a missing or unknown one is a FAIL)."""
     fx = load_fixture(Path(fixture_dir), meta)
     actual = _actual_outputs({k: v.float() for k, v in fx.inputs.items()})
-    results = []
-    for name, expected in fx.outputs.items():
-        if name not in actual:
-            results.append(CheckResult(fx.name, name, False, float("nan"), "unknown output"))
-            continue
-        results.append(compare(fx.name, name, actual[name], expected, *tolerance(meta, name)))
-    return results
+    return compare_outputs(fx, actual)

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from kdtalker_core.golden_checks._common import CheckResult, Fixture, compare, load_fixture, tolerance
+from kdtalker_core.golden_checks._common import CheckResult, Fixture, compare_outputs, load_fixture
 from kdtalker_core.keypoints import get_kp_info
 from kdtalker_core.networks.motion_extractor import MotionExtractor
 from kdtalker_core.networks.stitching import (
@@ -20,17 +20,6 @@ from kdtalker_core.networks.stitching import (
     stitch,
     stitch_delta,
 )
-
-
-def _compare_all(fx: Fixture, actual: dict[str, torch.Tensor]) -> list[CheckResult]:
-    """Compare every expected output of the fixture (a missing one is a FAIL)."""
-    results = []
-    for name, expected in fx.outputs.items():
-        if name not in actual:
-            results.append(CheckResult(fx.name, name, False, float("nan"), "not produced by the checker"))
-            continue
-        results.append(compare(fx.name, name, actual[name], expected, *tolerance(fx.meta, name)))
-    return results
 
 
 def _check_motion_extractor(fx: Fixture) -> list[CheckResult]:
@@ -48,7 +37,7 @@ def _check_motion_extractor(fx: Fixture) -> list[CheckResult]:
     kp_info = get_kp_info(model, image)
     actual = {f"raw_{k}": v for k, v in raw.items()}
     actual.update({f"kp_info_{k}": v for k, v in kp_info.items()})
-    return _compare_all(fx, actual)
+    return compare_outputs(fx, actual)
 
 
 def _check_stitching(fx: Fixture) -> list[CheckResult]:
@@ -71,7 +60,7 @@ def _check_stitching(fx: Fixture) -> list[CheckResult]:
             "eye_delta": retarget_eye(eye, x["kp_source"], x["eye_close_ratio"]),
             "lip_delta": retarget_lip(lip, x["kp_source"], x["lip_close_ratio"]),
         }
-    return _compare_all(fx, actual)
+    return compare_outputs(fx, actual)
 
 
 def check(fixture_dir: Path, meta: dict[str, Any]) -> list[CheckResult]:

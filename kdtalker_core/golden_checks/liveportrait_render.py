@@ -10,22 +10,10 @@ from typing import Any
 
 import torch
 
-from kdtalker_core.golden_checks._common import CheckResult, Fixture, compare, load_fixture, tolerance
+from kdtalker_core.golden_checks._common import CheckResult, Fixture, compare_outputs, load_fixture
 from kdtalker_core.networks.appearance import AppearanceFeatureExtractor
 from kdtalker_core.networks.spade import SPADEDecoder, winograd_convolutions
 from kdtalker_core.networks.warping import WarpingNetwork
-
-
-def _compare_all(fx: Fixture, actual: dict[str, torch.Tensor], suffix: str = "") -> list[CheckResult]:
-    """Compare every expected output (one missing from ``actual`` is a FAIL)."""
-    results = []
-    for name, expected in fx.outputs.items():
-        label = f"{name}{suffix}"
-        if name not in actual:
-            results.append(CheckResult(fx.name, label, False, float("nan"), "not produced by the checker"))
-            continue
-        results.append(compare(fx.name, label, actual[name], expected, *tolerance(fx.meta, name)))
-    return results
 
 
 def _load(model: torch.nn.Module, fx: Fixture) -> torch.nn.Module:
@@ -38,7 +26,7 @@ def _check_appearance(fx: Fixture) -> list[CheckResult]:
     model = _load(AppearanceFeatureExtractor(**fx.meta["config"]), fx)
     with torch.inference_mode():
         feature = model(fx.inputs["image"].float())
-    return _compare_all(fx, {"feature_3d": feature})
+    return compare_outputs(fx, {"feature_3d": feature})
 
 
 def _check_warping(fx: Fixture) -> list[CheckResult]:
@@ -53,7 +41,7 @@ def _check_warping(fx: Fixture) -> list[CheckResult]:
         "mask_sum_over_depth": out["mask"].sum(dim=2),
         "mask": out["mask"],
     }
-    return _compare_all(fx, {k: v for k, v in actual.items() if v is not None})
+    return compare_outputs(fx, {k: v for k, v in actual.items() if v is not None})
 
 
 def _check_spade(fx: Fixture) -> list[CheckResult]:
@@ -62,10 +50,10 @@ def _check_spade(fx: Fixture) -> list[CheckResult]:
     with torch.inference_mode():
         image = model(feature)
         fused = model.fuse_spectral_norm()(feature)  # the inference path render.py uses
-        results = _compare_all(fx, {"image": image}) + _compare_all(fx, {"image": fused}, "[fused_spectral_norm]")
+        results = compare_outputs(fx, {"image": image}) + compare_outputs(fx, {"image": fused}, "[fused_spectral_norm]")
         with winograd_convolutions() as active:  # render.py's default for float32 on CPU
             if active:
-                results += _compare_all(fx, {"image": model(feature)}, "[winograd]")
+                results += compare_outputs(fx, {"image": model(feature)}, "[winograd]")
     return results
 
 
