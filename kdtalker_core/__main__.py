@@ -1,6 +1,6 @@
 """Command-line interface: ``python -m kdtalker_core {generate,doctor,convert,download}``."""
 
-from kdtalker_core.cli import main
+from .cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

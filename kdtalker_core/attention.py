@@ -23,7 +23,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from kdtalker_core.errors import InputError
+from .errors import InputError
 
 BACKENDS: tuple[str, ...] = ("auto", "xformers", "sdpa", "math")
 

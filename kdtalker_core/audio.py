@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from kdtalker_core.errors import AudioError, InputError
+from .errors import AudioError, InputError
 
 #: Sample rate of everything downstream of :func:`to_mono_16k`, in Hz.
 SAMPLE_RATE = 16000

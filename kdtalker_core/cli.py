@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from kdtalker_core.errors import InputError, KDTalkerError
+from .errors import InputError, KDTalkerError
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 SAMPLE_IMAGE = ASSETS / "sample_portrait.jpg"
@@ -98,9 +98,9 @@ def _peak_memory_mb(device) -> float:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """Run the whole pipeline and write an mp4."""
-    from kdtalker_core import audio as audio_mod
-    from kdtalker_core import checkpoints, face, pipeline
-    from kdtalker_core.video import write_mp4
+    from . import audio as audio_mod
+    from . import face, pipeline, weights
+    from .video import write_mp4
 
     t_start = time.perf_counter()
     # Validate inputs before loading any model, so bad input fails in seconds.
@@ -117,7 +117,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.out.suffix.lower() != ".mp4":
         raise InputError(f"--out must end in .mp4, got {args.out}")
 
-    paths = checkpoints.find_model_files(args.models_dir or _default_models_dir())
+    paths = weights.find_model_files(args.models_dir or _default_models_dir())
     models = pipeline.load_models(paths=paths, device=args.device, precision=args.precision,
                                   attention=args.attention)
     portrait = pipeline.prepare_portrait(models, photo, crop=crop)
@@ -147,7 +147,7 @@ def _read_image(path: Path):
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     """Print the environment and the status of every model file; exit 2 if something is missing."""
-    from kdtalker_core import doctor
+    from . import doctor
 
     report, ok = doctor.run(args.models_dir or _default_models_dir())
     print(report)
@@ -156,9 +156,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     """Convert official checkpoints into our single safetensors files."""
-    from kdtalker_core import checkpoints
+    from . import weights
 
-    written = checkpoints.convert_all(args.models_dir or _default_models_dir(), args.out_dir)
+    written = weights.convert_all(args.models_dir or _default_models_dir(), args.out_dir)
     for p in written:
         print(f"wrote {p}")
     return 0
@@ -166,7 +166,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def cmd_download(args: argparse.Namespace) -> int:
     """Download the official weights from their Hugging Face repositories (explicit request only)."""
-    from kdtalker_core import download
+    from . import download
 
     for p in download.download(args.models_dir or _default_models_dir(), what=args.what):
         print(f"ok {p}")

@@ -10,13 +10,13 @@ import importlib.util
 import platform
 from pathlib import Path
 
-from kdtalker_core.errors import KDTalkerError
+from .errors import KDTalkerError
 
 
 def _environment_lines() -> list[str]:
     import torch
 
-    from kdtalker_core.attention import available_backends
+    from .attention import available_backends
 
     lines = [f"python       {platform.python_version()} ({platform.machine()})",
              f"torch        {torch.__version__}"]
@@ -32,7 +32,7 @@ def _environment_lines() -> list[str]:
         found = importlib.util.find_spec(mod) is not None
         lines.append(f"{mod:<12} {'ok' if found else 'missing'} ({why})")
     try:
-        from kdtalker_core.face import landmark_model_path
+        from .face import landmark_model_path
 
         lines.append(f"landmarks    ok {landmark_model_path()}")
     except KDTalkerError as exc:
@@ -41,10 +41,10 @@ def _environment_lines() -> list[str]:
 
 
 def _model_lines(models_dir: Path) -> tuple[list[str], bool]:
-    from kdtalker_core import checkpoints
+    from . import weights
 
     try:
-        paths = checkpoints.find_model_files(models_dir)
+        paths = weights.find_model_files(models_dir)
     except KDTalkerError as exc:
         return [f"models       MISSING in {models_dir.resolve()}", str(exc)], False
     lines = [f"models       {models_dir.resolve()}"]

@@ -13,7 +13,7 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
-from kdtalker_core.errors import InputError, KDTalkerError
+from .errors import InputError, KDTalkerError
 
 KDTALKER_REPO = "ChaolongYang/KDTalker"
 LIVEPORTRAIT_REPO = "Kijai/LivePortrait_safetensors"

@@ -55,8 +55,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kdtalker_core.errors import FaceError, InputError
-from kdtalker_core.imresize import box_reduce_u8, resize_linear_u8
+from .errors import FaceError, InputError
+from .imresize import box_reduce_u8, resize_linear_u8
 
 FaceOrder = Literal["detector", "largest", "left_to_right", "top_to_bottom"]
 CropMode = Literal["official", "square", "square_axis"]
@@ -557,7 +557,7 @@ def crop_portrait(
                         params=params)
 
 
-from kdtalker_core.paste import make_paste_mask, paste_back, paste_geometry  # noqa: E402,I001  (re-export)
+from .paste import make_paste_mask, paste_back, paste_geometry  # noqa: E402,I001  (re-export)
 
 __all__ = [
     "CropParams", "FaceDetection", "PortraitCrop", "choose_face", "crop_portrait", "detect_faces",

@@ -22,7 +22,7 @@ import traceback
 from collections.abc import Iterable
 from pathlib import Path
 
-from kdtalker_core.golden_checks._common import CheckResult
+from .golden_checks._common import CheckResult
 
 #: meta.json ``kind`` -> checker module under kdtalker_core.golden_checks (each exposes ``check``).
 KIND_MODULES: dict[str, str] = {

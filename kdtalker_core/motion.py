@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from kdtalker_core.errors import AudioError, InputError, ModelFileError
-from kdtalker_core.keypoints import get_rotation_matrix
-from kdtalker_core.sampling import ddim_timesteps, linear_alphas_cumprod, sample_ddim
-from kdtalker_core.smoothing import kalman_smooth
+from .errors import AudioError, InputError, ModelFileError
+from .keypoints import get_rotation_matrix
+from .sampling import ddim_timesteps, linear_alphas_cumprod, sample_ddim
+from .smoothing import kalman_smooth
 
 #: Frames per diffusion window (the length the denoiser was trained on).
 WINDOW = 64

@@ -18,8 +18,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from kdtalker_core.errors import InputError
-from kdtalker_core.motion import (
+from .errors import InputError
+from .motion import (
     EXP_COLS,
     MOTION_DIM,
     PITCH_COL,

@@ -18,10 +18,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kdtalker_core.errors import InputError
+from .errors import InputError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from kdtalker_core.face import PortraitCrop
+    from .face import PortraitCrop
 
 
 def paste_geometry(

@@ -22,13 +22,13 @@ from typing import Any
 
 import torch
 
-from kdtalker_core import audio as audio_mod
-from kdtalker_core import checkpoints, face
-from kdtalker_core import motion as motion_mod
-from kdtalker_core import render as render_mod
-from kdtalker_core.attention import set_attention_backend
-from kdtalker_core.errors import AudioError, InputError
-from kdtalker_core.keypoints import get_kp_info, transform_keypoint
+from . import audio as audio_mod
+from . import face, weights
+from . import motion as motion_mod
+from . import render as render_mod
+from .attention import set_attention_backend
+from .errors import AudioError, InputError
+from .keypoints import get_kp_info, transform_keypoint
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -103,7 +103,7 @@ class KDTalkerModels:
 def load_models(
     models_dir: str | Path | None = None,
     *,
-    paths: checkpoints.ModelPaths | None = None,
+    paths: weights.ModelPaths | None = None,
     device: str | torch.device = "auto",
     precision: str = "fp32",
     attention: str = "auto",
@@ -119,14 +119,14 @@ def load_models(
     precision = resolve_precision(precision, dev)
     set_attention_backend(attention)
     if paths is None:
-        paths = checkpoints.find_model_files(models_dir)
+        paths = weights.find_model_files(models_dir)
 
-    bundle = checkpoints.load_kdtalker_bundle(paths, use_ema=use_ema)
-    lp = checkpoints.load_liveportrait(paths.liveportrait or paths.liveportrait_dir)
+    bundle = weights.load_kdtalker_bundle(paths, use_ema=use_ema)
+    lp = weights.load_liveportrait(paths.liveportrait or paths.liveportrait_dir)
 
     def load(name: str, state: Any, file: Any, what: str) -> torch.nn.Module:
         # Build on the CPU (fp32, strict load with clear errors), move to the device afterwards.
-        return checkpoints.load_network(name, state, file=file, what=what)
+        return weights.load_network(name, state, file=file, what=what)
 
     denoiser = load("denoiser", bundle.denoiser, bundle.denoiser_file, "KDTalker motion denoiser")
     audio_encoder = load("audio_encoder", bundle.audio_encoder, bundle.audio_encoder_file,

@@ -20,8 +20,8 @@ from contextlib import nullcontext
 
 import torch
 
-from kdtalker_core.errors import InputError
-from kdtalker_core.networks.spade import winograd_convolutions
+from .errors import InputError
+from .networks.spade import winograd_convolutions
 
 _DTYPES = {torch.float32, torch.float16, torch.bfloat16}
 

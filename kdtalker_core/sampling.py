@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import torch
 
-from kdtalker_core.errors import InputError
+from .errors import InputError
 
 #: (x_t (B,N,C), t (B,) int64) -> predicted noise (B,N,C)
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

@@ -26,7 +26,7 @@ import math
 import numpy as np
 import torch
 
-from kdtalker_core.errors import InputError
+from .errors import InputError
 
 #: Official (inference.py) process noise variance per frame.
 TRANSITION_COV = 0.05

@@ -6,8 +6,8 @@ from typing import Any
 
 from comfy_api.latest import io
 
+from ..kdtalker_core import pipeline
 from . import types as t
-from .core import pipeline
 from .models import ModelHandle
 
 

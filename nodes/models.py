@@ -4,7 +4,7 @@ Folders: ``models/kdtalker`` (KDTalker.pth or our kdtalker.safetensors, wav2lip.
 ``models/liveportrait`` (shared with ComfyUI-LivePortraitKJ / AdvancedLivePortrait), registered
 through ``folder_paths`` so ``extra_model_paths.yaml`` entries named ``kdtalker`` and
 ``liveportrait`` are searched too. Finding, validating and loading the files is kdtalker_core's job
-(:mod:`kdtalker_core.checkpoints`); its errors name the expected files, the folders searched and
+(:mod:`kdtalker_core.weights`); its errors name the expected files, the folders searched and
 where to download them, and are passed through unchanged.
 """
 
@@ -19,8 +19,8 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
+from ..kdtalker_core import attention, errors, pipeline, weights
 from . import types as t
-from .core import attention, checkpoints, errors, pipeline
 
 KDTALKER_FOLDER = "kdtalker"
 LIVEPORTRAIT_FOLDER = "liveportrait"
@@ -99,8 +99,8 @@ def liveportrait_folders() -> dict[str, Path]:
         for d in [root, *subdirs]:
             if d.name in ("base_models", "retargeting_models"):
                 continue
-            found, _ = checkpoints.find_liveportrait_files([d])
-            if any(found[n] is None for n in checkpoints.LIVEPORTRAIT_BASE):
+            found, _ = weights.find_liveportrait_files([d])
+            if any(found[n] is None for n in weights.LIVEPORTRAIT_BASE):
                 continue
             key = tuple(sorted(str(p) for p in found.values() if p is not None))
             if key not in seen:
@@ -135,23 +135,23 @@ def _picked(choice: str, what: str) -> Path:
 
 
 def resolve_model_paths(kdtalker: str = AUTO, wav2lip: str = AUTO, liveportrait: str = AUTO
-                        ) -> checkpoints.ModelPaths:
-    """The picker choices -> :class:`kdtalker_core.checkpoints.ModelPaths`.
+                        ) -> weights.ModelPaths:
+    """The picker choices -> :class:`kdtalker_core.weights.ModelPaths`.
 
     "auto" finds the files by their official names in every registered folder. Anything missing
-    is reported by :func:`kdtalker_core.checkpoints.find_model_files` (expected files, every path
+    is reported by :func:`kdtalker_core.weights.find_model_files` (expected files, every path
     searched, download sources).
     """
     kd_dirs, lp_dirs = _kdtalker_dirs(), _liveportrait_dirs()
 
-    def report_missing(**kw) -> checkpoints.ModelPaths:
+    def report_missing(**kw) -> weights.ModelPaths:
         # find_model_files raises the complete "not found" message; it only returns if the files
         # appeared in the meantime.
-        return checkpoints.find_model_files(folder_paths.models_dir, kdtalker_dirs=kd_dirs,
+        return weights.find_model_files(folder_paths.models_dir, kdtalker_dirs=kd_dirs,
                                             liveportrait_dirs=lp_dirs, **kw)
 
-    paths = checkpoints.ModelPaths()
-    paths.kdtalker = (_find_in_kdtalker_folders(checkpoints.KDTALKER_NAMES) if kdtalker == AUTO
+    paths = weights.ModelPaths()
+    paths.kdtalker = (_find_in_kdtalker_folders(weights.KDTALKER_NAMES) if kdtalker == AUTO
                       else _picked(kdtalker, "KDTalker checkpoint"))
     paths.wav2lip = (_find_in_kdtalker_folders(("wav2lip.pth",)) if wav2lip == AUTO
                      else _picked(wav2lip, "Wav2Lip checkpoint"))
@@ -159,7 +159,7 @@ def resolve_model_paths(kdtalker: str = AUTO, wav2lip: str = AUTO, liveportrait:
         found = report_missing(need_liveportrait=False)
         paths.kdtalker = paths.kdtalker or found.kdtalker
         paths.wav2lip = paths.wav2lip or found.wav2lip
-    paths.norm = _find_in_kdtalker_folders(("norm.npz",)) or checkpoints.PACKAGED_NORM
+    paths.norm = _find_in_kdtalker_folders(("norm.npz",)) or weights.PACKAGED_NORM
 
     if liveportrait == AUTO:
         search = lp_dirs
@@ -169,11 +169,11 @@ def resolve_model_paths(kdtalker: str = AUTO, wav2lip: str = AUTO, liveportrait:
             raise errors.ModelFileError(
                 f"LivePortrait folder {liveportrait!r} no longer holds the LivePortrait models: pick another "
                 f"folder (or 'auto') in Load KDTalker Models. Folders searched: "
-                f"{', '.join(map(str, lp_dirs))}. Download {checkpoints.DOWNLOAD_HINTS['liveportrait']}.")
+                f"{', '.join(map(str, lp_dirs))}. Download {weights.DOWNLOAD_HINTS['liveportrait']}.")
         search = [folders[liveportrait]]
-    found, searched = checkpoints.find_liveportrait_files(search)
-    if any(found[n] is None for n in checkpoints.LIVEPORTRAIT_BASE):
-        checkpoints.load_liveportrait(search)  # raises the "not found" message with every path checked
+    found, searched = weights.find_liveportrait_files(search)
+    if any(found[n] is None for n in weights.LIVEPORTRAIT_BASE):
+        weights.load_liveportrait(search)  # raises the "not found" message with every path checked
     paths.liveportrait = found
     first = next(p for p in found.values() if p is not None)
     paths.liveportrait_dir = next((d for d in search if d in first.parents), first.parent)
@@ -196,7 +196,7 @@ class ModelHandle:
     models: pipeline.KDTalkerModels
     compute_device: torch.device
     offload_device: torch.device
-    paths: checkpoints.ModelPaths | None = None
+    paths: weights.ModelPaths | None = None
 
     def acquire(self) -> pipeline.KDTalkerModels:
         # The attention backend is process-wide: re-apply this handle's choice (another Load Models

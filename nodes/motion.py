@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from ..kdtalker_core import pipeline
 from . import types as t
 from . import widgets as w
-from .core import pipeline
 from .models import ModelHandle
 from .progress import NodeProgress
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import folder_paths
 from comfy_api.latest import io
 
+from ..kdtalker_core import errors, motion_edit
 from . import types as t
-from .core import errors, motion_edit
 
 MOTION_SUFFIX = ".motion.safetensors"
 CATEGORY = "KDTalker/motion"

@@ -7,8 +7,8 @@ from typing import get_args
 import torch
 from comfy_api.latest import io
 
+from ..kdtalker_core import face, pipeline
 from . import types as t
-from .core import face, pipeline
 from .models import ModelHandle
 
 FACE_ORDERS = list(get_args(face.FaceOrder))

@@ -6,9 +6,9 @@ from typing import Any
 
 from comfy_api.latest import io
 
+from ..kdtalker_core import pipeline
 from . import types as t
 from . import widgets as w
-from .core import pipeline
 from .models import ModelHandle
 from .progress import NodeProgress
 

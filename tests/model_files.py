@@ -35,7 +35,7 @@ def randomize(layout, seed: int) -> dict[str, torch.Tensor]:
 def write_official_models(root: Path) -> Path:
     """Write root/kdtalker/{KDTalker.pth, wav2lip.pth} and the original LivePortrait tree under
     root/liveportrait (base_models/*.pth, retargeting_models/stitching_retargeting_module.pth)."""
-    from kdtalker_core import checkpoints as ck
+    from kdtalker_core import weights as ck
 
     kd = root / "kdtalker"
     kd.mkdir(parents=True, exist_ok=True)

@@ -19,10 +19,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from kdtalker_core import checkpoints as C
-from kdtalker_core import safe_unpickle
+from kdtalker_core import weights as C
 from kdtalker_core.errors import ModelFileError
 from kdtalker_core.golden_checks import manifests as manifests_check
+from kdtalker_core.weights import safe_unpickle
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 LP_KEYS = {  # a few official-looking keys per LivePortrait base model (small shapes)

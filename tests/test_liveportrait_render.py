@@ -139,9 +139,9 @@ def test_render_chunking_matches_official_per_frame_loop(small_render_setup: dic
     args = (s["warp"], s["decoder"], s["feature"], s["kp_source"], s["kp_driving"])
     one = render_all(*args, chunk_size=1, winograd=winograd)
     three = render_all(*args, chunk_size=3, winograd=winograd, micro_batch=3)  # 3 frames per forward
-    torch.testing.assert_close(render_all(*args, chunk_size=4, winograd=winograd), one, atol=1e-5, rtol=0)
+    torch.testing.assert_close(render_all(*args, chunk_size=4, winograd=winograd), one, atol=5e-5, rtol=0)
     assert one.shape == (5, 128, 128, 3) and one.dtype == torch.float32
-    torch.testing.assert_close(three, one, atol=1e-5, rtol=0)
+    torch.testing.assert_close(three, one, atol=5e-5, rtol=0)
     with torch.no_grad():  # the official loop: batch 1 warp + decode per frame, NCHW output
         frame3 = s["decoder"](s["warp"](s["feature"], s["kp_driving"][3:4], s["kp_source"])["out"])
     torch.testing.assert_close(three[3], frame3[0].permute(1, 2, 0), atol=1e-5, rtol=0)

@@ -162,8 +162,10 @@ def test_model_folders_registered_after_extra_model_paths(package, comfy_root, e
     assert {".pth", ".safetensors"} <= folder_paths.folder_names_and_paths["kdtalker"][1]
 
 
-def test_missing_models_error_names_files_folders_and_sources(nodes, comfy_root):
-    from kdtalker_core.errors import ModelFileError
+def test_missing_models_error_names_files_folders_and_sources(package, nodes, comfy_root):
+    # The nodes use the library bundled in the custom-node folder (a subpackage of it, imported
+    # relatively), so the error class is that copy's.
+    ModelFileError = importlib.import_module(f"{package[0].__name__}.kdtalker_core.errors").ModelFileError
 
     with pytest.raises(ModelFileError) as info:
         _execute(nodes["KDTalkerLoadModels"], kdtalker_checkpoint="auto", wav2lip_checkpoint="auto",
@@ -449,7 +451,7 @@ def test_step_by_step_workflow(nodes, models_handle, progress_hook):
 
 
 @pytest.mark.slow
-def test_sample_motion_seed_and_cancel(nodes, models_handle, progress_hook):
+def test_sample_motion_seed_and_cancel(package, nodes, models_handle, progress_hook):
     """Same seed -> same motion; another seed -> another; Cancel stops sampling."""
     portrait, _preview = _execute(nodes["KDTalkerPreparePortrait"],
         image=_portrait_image(), models=models_handle, face_index=0, order="largest",
@@ -465,8 +467,7 @@ def test_sample_motion_seed_and_cancel(nodes, models_handle, progress_hook):
                                                      models=models_handle, seed=seed, steps=2, eta=0.0,
                                                      smoothing=1.0)[0]
 
-    from kdtalker_core import attention
-
+    attention = importlib.import_module(f"{package[0].__name__}.kdtalker_core.attention")  # the nodes' copy
     attention.set_attention_backend("math")  # as if another Load Models node had chosen "math"
     m1, m2, m3 = sample(7), sample(7), sample(8)
     assert attention.get_attention_backend() == models_handle.models.attention_backend, \

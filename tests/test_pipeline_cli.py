@@ -142,7 +142,7 @@ def test_cli_generate_writes_playable_mp4_with_speech(official_models_dir, tmp_p
 def test_cli_convert_round_trips_to_single_safetensors(official_models_dir, tmp_path, capsys):
     """convert: official .pth files -> kdtalker.safetensors + Kijai-layout LivePortrait files that
     hold exactly the same tensors and are found and preferred by the finder."""
-    from kdtalker_core import checkpoints as ck
+    from kdtalker_core import weights as ck
 
     out = tmp_path / "converted"
     rc, stdout, err = _run_cli(["convert", "--models-dir", str(official_models_dir), "--out-dir", str(out)],

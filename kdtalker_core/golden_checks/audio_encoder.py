@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-from kdtalker_core.golden_checks._common import CheckResult, compare, load_fixture, tolerance
-from kdtalker_core.networks.audio_encoder import AudioEncoder, audio_encoder_state_dict
+from ..golden_checks._common import CheckResult, compare, load_fixture, tolerance
+from ..networks.audio_encoder import AudioEncoder, audio_encoder_state_dict
 
 
 def check(fixture_dir: Path, meta: dict[str, Any]) -> list[CheckResult]:

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from kdtalker_core import audio
-from kdtalker_core.golden_checks._common import CheckResult, compare, compare_exact, load_fixture, tolerance
+from .. import audio
+from ..golden_checks._common import CheckResult, compare, compare_exact, load_fixture, tolerance
 
 # meta['config'] key -> the product's constant it must equal.
 _CONFIG_CONSTANTS: dict[str, float] = {

@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from kdtalker_core.golden_checks._common import CheckResult, compare_outputs, load_fixture
-from kdtalker_core.keypoints import (
+from ..golden_checks._common import CheckResult, compare_outputs, load_fixture
+from ..keypoints import (
     get_rotation_matrix,
     headpose_pred_to_degree,
     headpose_pred_to_degree_legacy,

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from kdtalker_core.face import crop_portrait, official_crop
-from kdtalker_core.golden_checks._common import CheckResult, compare, compare_exact, load_fixture, tolerance
+from ..face import crop_portrait, official_crop
+from ..golden_checks._common import CheckResult, compare, compare_exact, load_fixture, tolerance
 
 
 def check(fixture_dir: Path, meta: dict[str, Any]) -> list[CheckResult]:

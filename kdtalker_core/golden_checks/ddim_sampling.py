@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 
-from kdtalker_core.golden_checks._common import CheckResult, compare, compare_exact, load_fixture, tolerance
-from kdtalker_core.golden_checks.denoiser import build_denoiser
-from kdtalker_core.sampling import ddim_timesteps, linear_alphas_cumprod, sample_ddim
+from ..golden_checks._common import CheckResult, compare, compare_exact, load_fixture, tolerance
+from ..golden_checks.denoiser import build_denoiser
+from ..sampling import ddim_timesteps, linear_alphas_cumprod, sample_ddim
 
 
 def check(fixture_dir: Path, meta: dict[str, Any]) -> list[CheckResult]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kdtalker_core.golden_checks._common import CheckResult, compare, compare_exact, load_fixture, tolerance
-from kdtalker_core.networks.denoiser import MotionDenoiser, relative_position_bucket
+from ..golden_checks._common import CheckResult, compare, compare_exact, load_fixture, tolerance
+from ..networks.denoiser import MotionDenoiser, relative_position_bucket
 
 
 def build_denoiser(config: dict[str, Any], weights: dict) -> MotionDenoiser:

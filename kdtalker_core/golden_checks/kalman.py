@@ -6,8 +6,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from kdtalker_core.golden_checks._common import CheckResult, compare, load_fixture, tolerance
-from kdtalker_core.smoothing import kalman_smooth
+from ..golden_checks._common import CheckResult, compare, load_fixture, tolerance
+from ..smoothing import kalman_smooth
 
 
 def check(fixture_dir: Path, meta: dict[str, Any]) -> list[CheckResult]:

@@ -9,10 +9,10 @@ from typing import Any
 
 import torch
 
-from kdtalker_core.golden_checks._common import CheckResult, Fixture, compare_outputs, load_fixture
-from kdtalker_core.keypoints import get_kp_info
-from kdtalker_core.networks.motion_extractor import MotionExtractor
-from kdtalker_core.networks.stitching import (
+from ..golden_checks._common import CheckResult, Fixture, compare_outputs, load_fixture
+from ..keypoints import get_kp_info
+from ..networks.motion_extractor import MotionExtractor
+from ..networks.stitching import (
     STITCHING_ROLES,
     load_stitching_networks,
     retarget_eye,

@@ -10,10 +10,10 @@ from typing import Any
 
 import torch
 
-from kdtalker_core.golden_checks._common import CheckResult, Fixture, compare_outputs, load_fixture
-from kdtalker_core.networks.appearance import AppearanceFeatureExtractor
-from kdtalker_core.networks.spade import SPADEDecoder, winograd_convolutions
-from kdtalker_core.networks.warping import WarpingNetwork
+from ..golden_checks._common import CheckResult, Fixture, compare_outputs, load_fixture
+from ..networks.appearance import AppearanceFeatureExtractor
+from ..networks.spade import SPADEDecoder, winograd_convolutions
+from ..networks.warping import WarpingNetwork
 
 
 def _load(model: torch.nn.Module, fx: Fixture) -> torch.nn.Module:

@@ -1,9 +1,9 @@
 """Golden checker for kind ``manifests``: our full-size networks against every official checkpoint layout.
 
 For each ``<file>.json`` in ``meta['files']`` the networks that hold that file's weights (the
-:data:`kdtalker_core.checkpoints.CHECKPOINT_FILES` registry the product loads with) are built on
+:data:`kdtalker_core.weights.CHECKPOINT_FILES` registry the product loads with) are built on
 the meta device, their state dicts are put into the file's key layout
-(:func:`kdtalker_core.checkpoints.official_file_layout`) and compared key by key, in order, shape and
+(:func:`kdtalker_core.weights.official_file_layout`) and compared key by key, in order, shape and
 dtype with the manifest. One result per manifest file: max_abs_err 0 when identical, else FAIL with
 the first mismatch.
 """
@@ -14,8 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from kdtalker_core import checkpoints
-from kdtalker_core.golden_checks._common import CheckResult
+from .. import weights
+from ..golden_checks._common import CheckResult
 
 
 def _manifest_layout(data: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -32,15 +32,15 @@ def check_manifest(fixture: str, path: Path) -> CheckResult:
         expected = _manifest_layout(data)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return CheckResult(fixture, name, False, float("nan"), f"unreadable manifest: {exc}")
-    if file_name not in checkpoints.CHECKPOINT_FILES:
+    if file_name not in weights.CHECKPOINT_FILES:
         return CheckResult(fixture, name, False, float("nan"),
-                           f"no network registered for {file_name!r} in checkpoints.CHECKPOINT_FILES")
+                           f"no network registered for {file_name!r} in weights.CHECKPOINT_FILES")
     try:
-        ours = checkpoints.official_file_layout(file_name)
+        ours = weights.official_file_layout(file_name)
     except Exception as exc:  # noqa: BLE001 - a network that cannot be built is this file's failure
         return CheckResult(fixture, name, False, float("nan"),
                            f"cannot build our network: {type(exc).__name__}: {exc}")
-    problems = checkpoints.layout_problems(ours, expected, check_order=True, limit=1)
+    problems = weights.layout_problems(ours, expected, check_order=True, limit=1)
     if problems:
         return CheckResult(fixture, name, False, float("nan"), problems[0])
     return CheckResult(fixture, name, True, 0.0, f"{len(expected)} tensors")

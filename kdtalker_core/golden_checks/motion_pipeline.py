@@ -13,9 +13,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from kdtalker_core.golden_checks._common import CheckResult, compare, load_fixture, tolerance
-from kdtalker_core.keypoints import get_rotation_matrix, transform_keypoint
-from kdtalker_core.motion import (
+from ..golden_checks._common import CheckResult, compare, load_fixture, tolerance
+from ..keypoints import get_rotation_matrix, transform_keypoint
+from ..motion import (
     NUM_KP,
     WINDOW,
     NormStats,
@@ -26,7 +26,7 @@ from kdtalker_core.motion import (
     normalize_source,
     smooth_motion,
 )
-from kdtalker_core.networks.denoiser import MotionDenoiser
+from ..networks.denoiser import MotionDenoiser
 
 #: Outputs in degrees: the meta tolerance note asks for atol 1e-3 on these.
 _DEGREE_OUTPUTS = frozenset({"yaw", "pitch", "roll", "raw_yaw", "raw_pitch", "raw_roll"})

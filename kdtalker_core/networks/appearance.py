@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kdtalker_core.networks.blocks import DownBlock2d, ResBlock3d, SameBlock2d
+from ..networks.blocks import DownBlock2d, ResBlock3d, SameBlock2d
 
 
 class AppearanceFeatureExtractor(nn.Module):

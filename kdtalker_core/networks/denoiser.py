@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdtalker_core.attention import attention
-from kdtalker_core.errors import InputError
-from kdtalker_core.networks.denoiser_blocks import DenoiserBody, PointModelSlot
+from ..attention import attention
+from ..errors import InputError
+from ..networks.denoiser_blocks import DenoiserBody, PointModelSlot
 
 #: eps-prediction callable used by the sampler: (x_t (B,N,70), t (B,) int64) -> eps (B,N,70).
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

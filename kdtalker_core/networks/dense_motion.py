@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdtalker_core.networks.blocks import Hourglass, coordinate_grid_3d, keypoint_gaussians
+from ..networks.blocks import Hourglass, coordinate_grid_3d, keypoint_gaussians
 
 #: Variance of the keypoint Gaussians in normalised coordinates.
 KP_VARIANCE = 0.01

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from kdtalker_core.networks.convnextv2 import ConvNeXtV2
+from ..networks.convnextv2 import ConvNeXtV2
 
 
 class MotionExtractor(nn.Module):

@@ -7,8 +7,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdtalker_core.networks.blocks import SameBlock2d
-from kdtalker_core.networks.dense_motion import DenseMotionNetwork, sample_volume
+from ..networks.blocks import SameBlock2d
+from ..networks.dense_motion import DenseMotionNetwork, sample_volume
 
 _DEFAULT_DENSE_MOTION = {"block_expansion": 32, "max_features": 1024, "num_blocks": 5,
                          "reshape_depth": 16, "compress": 4}

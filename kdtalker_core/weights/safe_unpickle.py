@@ -14,8 +14,8 @@ This module is the fallback for such files. Its :class:`Unpickler` resolves a gl
   its arguments, state, items and list entries; it has no ``__call__`` and runs nothing.
 
 The pickle stream therefore cannot call any function outside the allow-list. Use it as
-``torch.load(path, map_location="cpu", weights_only=False, pickle_module=kdtalker_core.safe_unpickle)``
-(that is what :func:`kdtalker_core.checkpoints.read_torch_file` does); this module itself needs
+``torch.load(path, map_location="cpu", weights_only=False, pickle_module=kdtalker_core.weights.safe_unpickle)``
+(that is what :func:`kdtalker_core.weights.read_torch_file` does); this module itself needs
 ``Unpickler`` and ``load`` for torch's zip and legacy formats.
 """
 

@@ -5,7 +5,7 @@ were stored in; the caller casts when it loads them into a module):
 
 * ``kdtalker/KDTalker.pth``: the official training checkpoint; the denoiser is ``ckpt['model']``
   (``ckpt['model_ema']`` on request). Its pickled omegaconf ``cfg`` is read with the restricted
-  unpickler of :mod:`kdtalker_core.safe_unpickle` (nothing in the pickle is ever executed).
+  unpickler of :mod:`kdtalker_core.weights.safe_unpickle` (nothing in the pickle is ever executed).
 * ``kdtalker/wav2lip.pth``: the whole Wav2Lip generator; only ``module.audio_encoder.*`` is kept.
 * ``kdtalker/norm.npz``: the motion normalisation statistics (a copy ships in ``assets/norm.npz``).
 * ``kdtalker/kdtalker.safetensors``: our single file (``denoiser.*``, ``audio_encoder.*``, ``norm.*``).
@@ -35,8 +35,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from kdtalker_core import safe_unpickle
-from kdtalker_core.errors import ModelFileError
+from ..errors import ModelFileError
+from . import safe_unpickle
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ DOWNLOAD_HINTS: dict[str, str] = {
 DOWNLOAD_COMMAND = "or run `python -m kdtalker_core download --models-dir <models>`"
 
 #: The norm.npz shipped with the package (dataset_process/norm.npz of the official repository).
-PACKAGED_NORM = Path(__file__).resolve().parent / "assets" / "norm.npz"
+PACKAGED_NORM = Path(__file__).resolve().parent.parent / "assets" / "norm.npz"
 
 #: Keys norm.npz must hold (``<name>_mean`` / ``<name>_std``); c_lip/c_eye are optional.
 NORM_KEYS: tuple[str, ...] = ("scale", "yaw", "pitch", "roll", "t", "exp", "kp")
@@ -139,7 +139,7 @@ def read_torch_file(path: PathLike, *, hint: str | None = None) -> Any:
     """Read a ``.pth`` file (zip or legacy format) on the CPU without executing pickled code.
 
     First ``torch.load(weights_only=True)``; if that refuses the file (e.g. KDTalker.pth's omegaconf
-    ``cfg``), the restricted unpickler of :mod:`kdtalker_core.safe_unpickle` (unknown classes become
+    ``cfg``), the restricted unpickler of :mod:`kdtalker_core.weights.safe_unpickle` (unknown classes become
     inert placeholders; names that could run code abort the load). TorchScript archives are refused.
     ``hint`` says where to download the file; it is quoted in errors.
     """
@@ -310,44 +310,44 @@ def validate_state_dict(
 
 
 def _build_denoiser() -> torch.nn.Module:
-    from kdtalker_core.networks.denoiser import MotionDenoiser
+    from ..networks.denoiser import MotionDenoiser
 
     return MotionDenoiser()
 
 
 def _build_audio_encoder() -> torch.nn.Module:
-    from kdtalker_core.networks.audio_encoder import AudioEncoder
+    from ..networks.audio_encoder import AudioEncoder
 
     return AudioEncoder()
 
 
 def _build_appearance() -> torch.nn.Module:
-    from kdtalker_core.networks.appearance import AppearanceFeatureExtractor
+    from ..networks.appearance import AppearanceFeatureExtractor
 
     return AppearanceFeatureExtractor()
 
 
 def _build_motion_extractor() -> torch.nn.Module:
-    from kdtalker_core.networks.motion_extractor import MotionExtractor
+    from ..networks.motion_extractor import MotionExtractor
 
     return MotionExtractor()
 
 
 def _build_warping() -> torch.nn.Module:
-    from kdtalker_core.networks.warping import WarpingNetwork
+    from ..networks.warping import WarpingNetwork
 
     return WarpingNetwork()
 
 
 def _build_spade() -> torch.nn.Module:
-    from kdtalker_core.networks.spade import SPADEDecoder
+    from ..networks.spade import SPADEDecoder
 
     return SPADEDecoder()
 
 
 def _stitching_builder(group: str) -> Callable[[], torch.nn.Module]:
     def build() -> torch.nn.Module:
-        from kdtalker_core.networks.stitching import STITCHING_CONFIGS, StitchingRetargetingNetwork
+        from ..networks.stitching import STITCHING_CONFIGS, StitchingRetargetingNetwork
 
         return StitchingRetargetingNetwork(**STITCHING_CONFIGS[group])
 
