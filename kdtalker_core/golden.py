@@ -40,6 +40,7 @@ KIND_MODULES: dict[str, str] = {
     "lp_stitching_retargeting": "liveportrait_motion",
     "lp_camera_keypoints": "camera",
     "crop": "crop",
+    "lp_relative_motion": "relative_motion",
 }
 
 
@@ -72,7 +73,7 @@ def run_fixture(fixture: Path) -> list[CheckResult]:
     if module_name is None:
         return [CheckResult(name, "kind", False, float("nan"), f"unknown fixture kind {kind!r}")]
     try:
-        module = importlib.import_module(f"kdtalker_core.golden_checks.{module_name}")
+        module = importlib.import_module(f"{__package__ or 'kdtalker_core'}.golden_checks.{module_name}")
         results = list(module.check(fixture, meta))
     except Exception as exc:  # a crash is a failure of this fixture, not of the run
         detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
