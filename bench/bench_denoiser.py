@@ -4,7 +4,9 @@ Measures, for float32 and bfloat16 weights:
 
 * ``forward``: one ``MotionDenoiser.forward`` over 66 tokens (2 conditioning + 64 frames), the
   structure the official code runs at every step;
-* ``eps step``: one step of ``window_eps_fn`` (context, rotary and bias tables cached);
+* ``reference forward``: the same with the plain modules (``MotionDenoiser.reference_forward``);
+* ``eps step``: one step of ``window_eps_fn`` (context, rotary and bias tables cached), for float32
+  also with MKL weight packing switched off (``backends.mkl_linear.force_fallback``);
 * ``window S steps``: one 64-frame window, ``window_eps_fn`` + ``sample_ddim`` with S DDIM steps;
 * ``window 50 (uncached)``: 50 steps that call ``forward`` on the full token set every step.
 
@@ -34,6 +36,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from kdtalker_core.backends import mkl_linear  # noqa: E402
 from kdtalker_core.networks.denoiser import MotionDenoiser  # noqa: E402
 from kdtalker_core.sampling import ddim_timesteps, linear_alphas_cumprod, sample_ddim  # noqa: E402
 
@@ -105,8 +108,15 @@ def bench_dtype(
     """Time forward, one cached step and whole windows for one weight dtype; store the window x0s."""
     ori, ref, aud, noise, tokens, context, t500, alphas = inputs
     rows = [("forward (66 tok)", dtype_name, *timed(lambda: model(tokens, t500, context), repeats))]
+    rows.append(("reference forward (66 tok)", dtype_name,
+                 *timed(lambda: model.reference_forward(tokens, t500, context), repeats)))
     eps_fn = model.window_eps_fn(ori, ref, aud)
     rows.append(("eps step (cached, 66 tok)", dtype_name, *timed(lambda: eps_fn(noise, t500), repeats)))
+    if model.body.input_projection.weight.dtype == torch.float32 and mkl_linear.available():
+        with mkl_linear.force_fallback():
+            plain_eps = model.window_eps_fn(ori, ref, aud)
+            rows.append(("eps step (no MKL packing)", dtype_name,
+                         *timed(lambda: plain_eps(noise, t500), repeats)))
     for steps in (50, 10):
         schedule = ddim_timesteps(steps)
 

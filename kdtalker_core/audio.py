@@ -60,12 +60,17 @@ _INT_FORMAT_SCALE = {"s16": 32768.0, "s32": 2147483648.0, "s64": 922337203685477
 
 
 # --------------------------------------------------------------------------------------------- loading
-def load_audio_file(path: str | Path) -> tuple[torch.Tensor, int]:
-    """Decode the first audio stream of a file (wav, flac, mp3, m4a/aac, ogg/opus, ...) with PyAV.
+def load_audio_file(path: str | Path, *, fps: float = 25.0) -> tuple[torch.Tensor, int]:
+    """Decode the first audio stream of any container PyAV reads (wav, flac, mp3, m4a/aac, ogg/opus,
+    mkv/mp4 video files, ...), at any sample rate and channel count.
 
     Returns ``(waveform, sample_rate)``: waveform (C, N) float32 on CPU, full scale [-1, 1]
     (int16 PCM maps to exactly ``int16 / 32768``, unsigned 8-bit to ``(u8 - 128) / 128``),
-    sample_rate in Hz at the file's native rate (no resampling here).
+    sample_rate in Hz at the file's native rate (no resampling here). Silence is valid.
+
+    Raises AudioError naming the file when it is missing, has no audio stream, cannot be decoded,
+    decodes to no samples, holds NaN or infinite samples, or is shorter than one video frame at
+    ``fps`` (40 ms at 25 fps).
     """
     import av  # local: PyAV loads FFmpeg, only needed for files
 
@@ -100,6 +105,20 @@ def load_audio_file(path: str | Path) -> tuple[torch.Tensor, int]:
     if rate is None or not chunks:
         raise AudioError(f"Audio file {str(p)!r} decoded to no samples. Give a file that contains speech.")
     waveform = torch.from_numpy(np.ascontiguousarray(np.concatenate(chunks, axis=1)))
+    if waveform.shape[1] == 0:
+        raise AudioError(f"Audio file {str(p)!r} decoded to no samples. Give a file that contains speech.")
+    if not bool(torch.isfinite(waveform).all()):
+        bad = int((~torch.isfinite(waveform)).sum())
+        raise AudioError(
+            f"Audio file {str(p)!r} contains {bad} NaN or infinite samples. Re-export it from the source "
+            "(e.g. as 16-bit wav) so every sample is a number."
+        )
+    need = samples_per_frame(fps) * rate / SAMPLE_RATE
+    if waveform.shape[1] < need:
+        raise AudioError(
+            f"Audio file {str(p)!r} is too short: {waveform.shape[1] / rate * 1000:.1f} ms, shorter than one "
+            f"video frame ({1000 / fps:.0f} ms at {fps:g} fps). Give a longer clip."
+        )
     return waveform, rate
 
 

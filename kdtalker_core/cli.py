@@ -8,20 +8,17 @@ appears only when complete.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
+from . import options
 from .errors import InputError, KDTalkerError
+from .model_locations import default_models_dir as _default_models_dir
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 SAMPLE_IMAGE = ASSETS / "sample_portrait.jpg"
 SAMPLE_AUDIO = ASSETS / "sample_speech.wav"
-
-
-def _default_models_dir() -> Path:
-    return Path(os.environ.get("KDTALKER_MODELS_DIR") or "models")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -41,17 +38,30 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--image", type=Path, default=SAMPLE_IMAGE, help="portrait photo (default: bundled sample)")
     g.add_argument("--audio", type=Path, default=SAMPLE_AUDIO, help="speech file (default: bundled sample)")
     g.add_argument("--out", type=Path, default=Path("talk.mp4"), help="output mp4 path")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--steps", type=int, default=50, help="DDIM steps (official 50; 10 is close and 5x faster)")
-    g.add_argument("--smoothing", type=float, default=1.0, help="Kalman strength: 1 official, 0 off")
-    g.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="fp32")
-    g.add_argument("--attention", choices=["auto", "xformers", "sdpa", "math"], default="auto")
-    g.add_argument("--chunk-size", type=int, default=4, help="frames rendered per batch")
-    g.add_argument("--no-paste-back", action="store_true", help="write the 512x512 face crop only")
-    g.add_argument("--face-index", type=int, default=0,
-                   help="which face, in detector order (0 = the most confident, as the official code)")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    g.add_argument("--max-seconds", type=float, default=None, help="only use this much of the audio")
+    opt = options.DEFAULTS
+    g.add_argument("--seed", type=int, default=opt.seed)
+    g.add_argument("--steps", type=int, default=opt.steps,
+                   help=f"DDIM steps (official {opt.steps}; 10 is close and 5x faster)")
+    g.add_argument("--eta", type=float, default=opt.eta, help="DDIM eta: 0 deterministic (official), 1 like DDPM")
+    g.add_argument("--smoothing", type=float, default=opt.smoothing, help="Kalman strength: 1 official, 0 off")
+    g.add_argument("--fps", type=float, default=opt.fps, help="video frame rate (KDTalker was trained at 25)")
+    m = options.MODEL_DEFAULTS
+    g.add_argument("--precision", choices=options.PRECISIONS, default=m.precision,
+                   help="auto: bf16 where the device has native bf16 (CUDA, AVX512-BF16/AMX CPUs), else fp32")
+    g.add_argument("--attention", choices=options.ATTENTION_BACKENDS, default=m.attention)
+    g.add_argument("--chunk-size", type=int, default=opt.chunk_size, help="frames rendered per batch")
+    g.add_argument("--no-paste-back", dest="paste_back", action="store_false",
+                   help="write the 512x512 face crop only")
+    g.add_argument("--face-index", type=int, default=opt.face_index,
+                   help="which face, counted in --face-order (0 = first)")
+    g.add_argument("--face-order", choices=options.FACE_ORDERS, default=opt.face_order,
+                   help="how faces are counted: detector = most confident first (the official choice)")
+    g.add_argument("--crop-mode", choices=options.CROP_MODES, default=opt.crop_mode,
+                   help="official: KDTalker's landmark crop; square(_axis): an eye/mouth-aligned square")
+    g.add_argument("--device", default=m.device, help=f"{', '.join(options.DEVICES)}, cuda:1, ...")
+    g.add_argument("--start-seconds", type=float, default=opt.start_seconds, help="skip this much of the audio")
+    g.add_argument("--max-seconds", "--duration-seconds", dest="duration_seconds", type=float,
+                   default=opt.duration_seconds, help="only use this much of the audio (after --start-seconds)")
     _add_common(g)
 
     d = sub.add_parser("doctor", help="check torch, devices, optional packages and every model file")
@@ -68,21 +78,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _Progress:
-    """A one-line text progress bar on stderr."""
+class _StageProgress:
+    """``on_stage(stage, done, total)`` as one text progress line per stage on stderr."""
 
-    def __init__(self, label: str) -> None:
-        self.label = label
+    WIDTH = 30
+
+    def __init__(self) -> None:
+        self.stage = ""
         self.t0 = time.perf_counter()
 
-    def __call__(self, done: int, total: int) -> None:
-        width = 30
-        filled = int(width * done / max(total, 1))
-        rate = done / max(time.perf_counter() - self.t0, 1e-9)
-        sys.stderr.write(f"\r{self.label:>8} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} "
-                         f"({rate:.2f}/s)")
-        if done >= total:
-            sys.stderr.write("\n")
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if stage != self.stage:
+            self.stage, self.t0 = stage, time.perf_counter()
+        filled = int(self.WIDTH * done / max(total, 1))
+        line = f"\r{stage:>8} [{'#' * filled}{'.' * (self.WIDTH - filled)}] {done}/{total}"
+        if done and total > 1:
+            line += f" ({done / max(time.perf_counter() - self.t0, 1e-9):.2f}/s)"
+        sys.stderr.write(line + ("\n" if done >= total else ""))
         sys.stderr.flush()
 
 
@@ -97,52 +109,26 @@ def _peak_memory_mb(device) -> float:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    """Run the whole pipeline and write an mp4."""
-    from . import audio as audio_mod
-    from . import face, pipeline, weights
-    from .video import write_mp4
+    """Check the inputs (seconds, no models), load the models, stream the frames into an mp4."""
+    from . import pipeline, precision, weights
+    from .video import Mp4Writer
 
     t_start = time.perf_counter()
-    # Validate inputs before loading any model, so bad input fails in seconds.
-    if not args.image.is_file():
-        raise InputError(f"image not found: {args.image}")
-    photo = face.to_rgb_uint8(_read_image(args.image), str(args.image))
-    crop = face.crop_portrait(photo, face_index=args.face_index, name=str(args.image))
-    waveform, sr = audio_mod.load_audio_file(args.audio)
-    if args.max_seconds is not None:
-        if not args.max_seconds > 0:
-            raise InputError(f"--max-seconds must be positive, got {args.max_seconds}")
-        waveform = waveform[..., : int(args.max_seconds * sr)]
-    audio_mod.to_mono_16k(waveform[..., : sr], sr)  # cheap sanity check of the samples
     if args.out.suffix.lower() != ".mp4":
         raise InputError(f"--out must end in .mp4, got {args.out}")
+    inputs = pipeline.read_inputs(args.image, args.audio, options.GenerateOptions.from_mapping(vars(args)))
 
     paths = weights.find_model_files(args.models_dir or _default_models_dir())
     models = pipeline.load_models(paths=paths, device=args.device, precision=args.precision,
                                   attention=args.attention)
-    portrait = pipeline.prepare_portrait(models, photo, crop=crop)
-    feats = pipeline.encode_audio(models, waveform, sr)
-    motion = pipeline.sample_motion(models, portrait, feats, seed=args.seed, steps=args.steps,
-                                    smoothing=args.smoothing, callback=_Progress("motion"))
-    t_render = time.perf_counter()
-    frames = pipeline.iter_render(models, portrait, motion, chunk_size=args.chunk_size,
-                                  paste_back=not args.no_paste_back, callback=_Progress("render"))
-    n = write_mp4(args.out, frames, feats.fps, feats.waveform_16k, 16000)
+    result = pipeline.run(models, inputs, on_stage=_StageProgress(), sink=Mp4Writer(args.out))
+    n, fps = result.num_frames, result.fps
     total = time.perf_counter() - t_start
-    print(f"wrote {args.out}: {n} frames ({n / feats.fps:.2f} s at {feats.fps:g} fps) in {total:.1f} s, "
-          f"render {n / max(time.perf_counter() - t_render, 1e-9):.3f} frames/s, "
+    print(f"wrote {args.out}: {n} frames ({n / fps:.2f} s at {fps:g} fps) in {total:.1f} s, "
+          f"render {n / max(result.seconds['render'], 1e-9):.3f} frames/s, "
+          f"precision {precision.describe(args.precision, models.device)}, "
           f"peak memory {_peak_memory_mb(models.device):.0f} MB on {models.device}")
     return 0
-
-
-def _read_image(path: Path):
-    """Read a photo into an (H,W,C) uint8 array with imageio; unreadable files are InputErrors."""
-    import imageio.v3 as iio
-
-    try:
-        return iio.imread(path)
-    except Exception as exc:  # imageio raises many types for bad files
-        raise InputError(f"cannot read image {path}: {exc}; use a PNG or JPEG photo") from exc
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

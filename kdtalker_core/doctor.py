@@ -17,6 +17,9 @@ def _environment_lines() -> list[str]:
     import torch
 
     from .attention import available_backends
+    from .options import MODEL_DEFAULTS
+    from .pipeline import resolve_device
+    from .precision import describe as describe_precision
 
     lines = [f"python       {platform.python_version()} ({platform.machine()})",
              f"torch        {torch.__version__}"]
@@ -26,6 +29,8 @@ def _environment_lines() -> list[str]:
         lines.append(f"device       cuda: {name} (bf16 {bf16})")
     else:
         lines.append(f"device       cpu ({torch.get_num_threads()} threads); no CUDA GPU visible")
+    default_device = resolve_device(MODEL_DEFAULTS.device)
+    lines.append(f"precision    {describe_precision(MODEL_DEFAULTS.precision, default_device)} on {default_device}")
     lines.append(f"attention    {', '.join(available_backends())}")
     for mod, why in (("xformers", "optional, faster attention on CUDA"), ("dlib", "face detection"),
                      ("av", "audio decoding and mp4 writing"), ("soxr", "resampling")):

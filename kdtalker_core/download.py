@@ -14,9 +14,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from .errors import InputError, KDTalkerError
+from .model_locations import KDTALKER_REPO, LIVEPORTRAIT_KIJAI_REPO
 
-KDTALKER_REPO = "ChaolongYang/KDTalker"
-LIVEPORTRAIT_REPO = "Kijai/LivePortrait_safetensors"
 KDTALKER_FILES = ("KDTalker.pth", "wav2lip.pth")
 LIVEPORTRAIT_FILES = (
     "appearance_feature_extractor.safetensors",
@@ -86,5 +85,5 @@ def download(models_dir: str | Path, what: str = "all") -> list[Path]:
     if what in ("all", "kdtalker"):
         got += _fetch(KDTALKER_REPO, KDTALKER_FILES, root / "kdtalker")
     if what in ("all", "liveportrait"):
-        got += _fetch(LIVEPORTRAIT_REPO, LIVEPORTRAIT_FILES, root / "liveportrait")
+        got += _fetch(LIVEPORTRAIT_KIJAI_REPO, LIVEPORTRAIT_FILES, root / "liveportrait")
     return got

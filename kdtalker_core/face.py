@@ -1,6 +1,6 @@
 """Faces: dlib detection + 68 landmarks, the official KDTalker crop, an aligned square crop, and the
 crop-to-photo mapping used to paste rendered frames back (paste-back itself is in
-:mod:`kdtalker_core.paste`, re-exported here).
+:mod:`kdtalker_core.paste`, which does not import this module; its functions are re-exported here).
 
 Pipeline (official mode): photo -> :func:`detect_faces` (dlib frontal detector, 1 upsampling) ->
 :func:`choose_face` -> :func:`official_crop_params` (the FFHQ-style quad of KDTalker's croper) ->
@@ -57,6 +57,7 @@ import torch.nn.functional as F
 
 from .errors import FaceError, InputError
 from .imresize import box_reduce_u8, resize_linear_u8
+from .paste import make_paste_mask, paste_back, paste_geometry  # re-exported (see __all__)
 
 FaceOrder = Literal["detector", "largest", "left_to_right", "top_to_bottom"]
 CropMode = Literal["official", "square", "square_axis"]
@@ -556,8 +557,6 @@ def crop_portrait(
     return PortraitCrop(source=out, photo_hw=(h, w), crop_to_photo=affine, face=face, mode=mode,
                         params=params)
 
-
-from .paste import make_paste_mask, paste_back, paste_geometry  # noqa: E402,I001  (re-export)
 
 __all__ = [
     "CropParams", "FaceDetection", "PortraitCrop", "choose_face", "crop_portrait", "detect_faces",

@@ -13,13 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import InputError
+
 #: Number of head-pose bins the motion extractor predicts per angle (3 degrees each).
 NUM_POSE_BINS = 66
 #: Degrees per bin and the offset that centres bin expectations (LivePortrait's calibration).
 _DEG_PER_BIN = 3.0
 _DEG_OFFSET = 97.5
-#: Offset used by KDTalker's own (unused) conversion in inference.py.
-_DEG_OFFSET_LEGACY = 99.0
 
 
 def _expected_bin(pred: torch.Tensor) -> torch.Tensor:
@@ -38,18 +38,6 @@ def headpose_pred_to_degree(pred: torch.Tensor) -> torch.Tensor:
     if pred.ndim > 1 and pred.shape[1] == NUM_POSE_BINS:
         return _expected_bin(pred) * _DEG_PER_BIN - _DEG_OFFSET
     return pred
-
-
-def headpose_pred_to_degree_legacy(pred: torch.Tensor) -> torch.Tensor:
-    """KDTalker inference.py's own conversion, ``E[bin index] * 3 - 99``: ``pred (B,66) -> (B,)``.
-
-    NOT used by the pipeline (the official pipeline uses :func:`headpose_pred_to_degree`); kept only
-    so the golden checker can reproduce that dead-code output. Unlike the pipeline function it has
-    no pass-through: it requires 2-D logits.
-    """
-    if pred.ndim != 2:
-        raise ValueError(f"expected (B,{NUM_POSE_BINS}) logits, got shape {tuple(pred.shape)}")
-    return _expected_bin(pred) * _DEG_PER_BIN - _DEG_OFFSET_LEGACY
 
 
 def get_rotation_matrix(pitch: torch.Tensor, yaw: torch.Tensor, roll: torch.Tensor) -> torch.Tensor:
@@ -107,3 +95,27 @@ def get_kp_info(motion_extractor: nn.Module, image: torch.Tensor) -> dict[str, t
         kp=raw["kp"].reshape(bsz, -1),
     )
     return info
+
+
+def rotation_to_degrees(rotation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Inverse of :func:`get_rotation_matrix`: ``R (N,3,3)`` -> pitch, yaw,
+    roll, each ``(N,)`` degrees, in ``R``'s dtype and device.
+
+    ``R = M^T`` with ``M = Rz(roll) Ry(yaw) Rx(pitch)``, so ``M[2,0] = -sin(yaw)``,
+    ``M[2,1:] = cos(yaw) (sin, cos)(pitch)`` and ``M[:2,0] = cos(yaw) (cos, sin)(roll)``. Yaw is
+    taken in [-90, 90] degrees (the branch a head pose lives on); computed in float64.
+    """
+    if rotation.ndim != 3 or rotation.shape[1:] != (3, 3):
+        raise InputError(f"rotation must be (N,3,3), got {tuple(rotation.shape)}")
+    m = rotation.double().transpose(1, 2)
+    cos_yaw = torch.hypot(m[:, 2, 1], m[:, 2, 2])
+    yaw = torch.atan2(-m[:, 2, 0], cos_yaw)
+    pitch = torch.atan2(m[:, 2, 1], m[:, 2, 2])
+    roll = torch.atan2(m[:, 1, 0], m[:, 0, 0])
+    # gimbal lock (|yaw| = 90): pitch and roll are not separable; put everything into roll
+    lock = cos_yaw < 1e-9
+    if bool(lock.any()):
+        pitch = torch.where(lock, torch.zeros_like(pitch), pitch)
+        roll = torch.where(lock, torch.atan2(-m[:, 0, 1], m[:, 1, 1]), roll)
+    to_deg = 180.0 / math.pi
+    return tuple((a * to_deg).to(rotation.dtype) for a in (pitch, yaw, roll))  # type: ignore[return-value]

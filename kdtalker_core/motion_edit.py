@@ -268,3 +268,74 @@ __all__ = [
     "scale_pose",
     "still_head",
 ]
+
+
+# --------------------------------------------------------------------------- performance plot
+
+_PAUSE_TINT = np.array([0.86, 0.92, 1.0], dtype=np.float32)
+
+
+def _busiest_lip_coordinate(exp: torch.Tensor, lips: tuple[int, ...]) -> tuple[int, int]:
+    """(keypoint, axis) of the lip keypoint coordinate of ``exp (T,21,3)`` with the largest std over time."""
+    values = exp[:, list(lips)].reshape(exp.shape[0], -1)
+    k, axis = divmod(int(values.std(0).argmax()) if exp.shape[0] > 1 else 0, 3)
+    return lips[k], axis
+
+
+def face_signals(motion: Motion, mouth_dim: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
+    """Per-frame signals of a motion, float64 ``(T,)`` each: ``yaw`` (degrees), ``eyes`` (eyelid
+    closure: the expression projected on :data:`~kdtalker_core.retarget.EYE_CLOSE_OFFSETS`, 1 = the
+    fallback's full closure) and ``mouth`` (one lip keypoint coordinate ``exp[k, axis]``; default the
+    lip keypoint coordinate that varies most over time)."""
+    from .retarget import EYE_CLOSE_OFFSETS, LIP_KEYPOINTS
+
+    data = motion.data.detach().to("cpu", torch.float64)
+    exp = data[:, EXP_COLS].reshape(-1, 21, 3)
+    close = EYE_CLOSE_OFFSETS.to(torch.float64)
+    eyes = (exp * close).sum((1, 2)) / (close * close).sum()
+    if mouth_dim is None:
+        mouth_dim = _busiest_lip_coordinate(exp, LIP_KEYPOINTS)
+    return {"yaw": data[:, YAW_COL].numpy(), "eyes": eyes.numpy(),
+            "mouth": exp[:, mouth_dim[0], mouth_dim[1]].numpy()}
+
+
+def plot_performance(
+    before: Motion,
+    after: Motion,
+    pause: torch.Tensor | None = None,
+    width: int = 768,
+    height: int = 480,
+) -> torch.Tensor:
+    """Before / after chart of a performance edit (blinks, silences) -> ``(height, width, 3)`` float32 RGB.
+
+    Three panels, each with ``before`` in red and ``after`` in green: head yaw (degrees), eyelid closure
+    and mouth opening (see :func:`face_signals`; the mouth coordinate is chosen on ``before``). ``pause
+    (T,)``: optional pause weight (:func:`kdtalker_core.silence.pause_weight`); frames above 0.5 get a
+    light blue background. Both motions must have the same frame count and fps.
+    """
+    if before.num_frames != after.num_frames or abs(before.fps - after.fps) > 1e-6:
+        raise InputError(f"plot_performance needs motions of equal length and fps, got {before.num_frames} "
+                         f"@ {before.fps} and {after.num_frames} @ {after.fps}")
+    if width < 32 or height < 48:
+        raise InputError(f"plot size must be at least 32x48, got {width}x{height}")
+    from .retarget import LIP_KEYPOINTS
+
+    dim = _busiest_lip_coordinate(before.data.detach().to("cpu", torch.float64)[:, EXP_COLS].reshape(-1, 21, 3),
+                                  LIP_KEYPOINTS)
+    sig_b = face_signals(before, dim)
+    sig_a = face_signals(after, dim)
+    img = np.empty((height, width, 3), dtype=np.float32)
+    edges = [0, height // 3, 2 * height // 3, height]
+    for i, name in enumerate(("yaw", "eyes", "mouth")):
+        _draw_panel(img, edges[i], edges[i + 1] - edges[i], [sig_b[name], sig_a[name]], before.fps)
+    if pause is not None:
+        w = torch.as_tensor(pause).detach().to("cpu", torch.float64).reshape(-1).numpy()
+        frames = w.shape[0]
+        xs = np.linspace(0.0, frames - 1, width) if frames > 1 else np.zeros(width)
+        cols = np.interp(xs, np.arange(frames), w) > 0.5
+        background = np.all(img == _BG, axis=2) & cols[None, :]
+        img[background] = _PAUSE_TINT
+    return torch.from_numpy(img)
+
+
+__all__ += ["face_signals", "plot_performance"]

@@ -5,14 +5,16 @@ computed once per portrait and every frame uses the same sampling grid: the back
 jitter, and photo pixels where the mask is 0 are copied bit for bit. Nothing here synchronises with
 the host per frame (all geometry is host-side float64 constants).
 
-Geometry: :class:`~kdtalker_core.face.PortraitCrop.crop_to_photo` maps the crop's unit square to
-photo edge coordinates, so frames of any resolution (256, 512, ...) paste to the same place.
+Geometry: a crop's ``crop_to_photo`` affine (see :class:`CropPlacement`, which
+:class:`~kdtalker_core.face.PortraitCrop` satisfies) maps the crop's unit square to photo edge
+coordinates, so frames of any resolution (256, 512, ...) paste to the same place. This module does
+not depend on :mod:`kdtalker_core.face`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -20,12 +22,22 @@ import torch.nn.functional as F
 
 from .errors import InputError
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .face import PortraitCrop
+
+class CropPlacement(Protocol):
+    """Where a square crop sits in its photo (what pasting needs of a portrait crop).
+
+    Attributes:
+        photo_hw: (height, width) of the photo the crop was cut from, pixels.
+        crop_to_photo: (2, 3) float64 affine from unit-square crop coordinates (u, v) to photo edge
+            coordinates (x, y) in pixels (pixel (i, j) covers [i, i+1) x [j, j+1)).
+    """
+
+    photo_hw: tuple[int, int]
+    crop_to_photo: np.ndarray
 
 
 def paste_geometry(
-    crop: PortraitCrop, photo_hw: tuple[int, int]
+    crop: CropPlacement, photo_hw: tuple[int, int]
 ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
     """(crop_to_photo (2, 3) affine scaled to a photo of ``photo_hw`` = (H, W), footprint bounds).
 
@@ -58,7 +70,7 @@ def _unit_coords(affine: np.ndarray, bounds: tuple[int, int, int, int], device: 
 
 
 def make_paste_mask(
-    crop: PortraitCrop,
+    crop: CropPlacement,
     photo_hw: tuple[int, int] | None = None,
     feather: float = 0.08,
     *,
@@ -99,7 +111,7 @@ def make_paste_mask(
 
 
 def paste_back(
-    frames: torch.Tensor, photo: torch.Tensor, crop: PortraitCrop, mask: torch.Tensor
+    frames: torch.Tensor, photo: torch.Tensor, crop: CropPlacement, mask: torch.Tensor
 ) -> torch.Tensor:
     """Blend rendered frames into the photo.
 

@@ -1,25 +1,35 @@
 """End-to-end composition: photo + speech -> talking-portrait frames.
 
-This is the library's public API; the ComfyUI nodes and the CLI are thin adapters over it::
+This is the library's public API; the CLI, the ComfyUI nodes and batch jobs are thin adapters
+over it. One call does everything::
 
-    models = load_models("models")                       # F, M, W, G, S, audio encoder, denoiser
+    models = load_models("models")                             # every network, precision "auto"
+    inputs = read_inputs("photo.jpg", "speech.wav", options)   # checked in seconds, before loading
+    result = run(models, inputs, on_stage=print, sink=video.Mp4Writer("talk.mp4"))
+
+(:func:`generate` = :func:`check_inputs` + :func:`run` for in-memory photo and waveform.) The
+stages, also usable one by one (the step-by-step nodes)::
+
     portrait = prepare_portrait(models, photo)           # crop, f_s, source keypoints, paste mask
     audio = encode_audio(models, waveform, sample_rate)  # (T,512) Wav2Lip features at 25 fps
     motion = sample_motion(models, portrait, audio)      # (T,70) motion, DDIM + Kalman
     result = render(models, portrait, motion)            # (T,H,W,3) frames pasted into the photo
 
 Everything between the crop and the frames stays on ``models.device``. Motion is generated whole
-(70 floats a frame); rendering runs in chunks, so memory does not grow with the audio length when
-frames are consumed with :func:`iter_render`.
+(70 floats a frame); rendering runs in chunks, and with a sink (or :func:`iter_render`) frames
+leave as they are made, so memory does not grow with the audio length.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+import numpy as np
 import torch
 
 from . import audio as audio_mod
@@ -29,10 +39,17 @@ from . import render as render_mod
 from .attention import set_attention_backend
 from .errors import AudioError, InputError
 from .keypoints import get_kp_info, transform_keypoint
+from .options import DEFAULTS, MODEL_DEFAULTS, GenerateOptions
+from .precision import PRECISIONS, resolve_precision
 
+#: ``callback(done, total)`` of one long stage.
 ProgressCallback = Callable[[int, int], None]
-
-PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+#: ``on_stage(stage, done, total)``: every stage of :func:`run`, in the order of :data:`STAGES`.
+StageCallback = Callable[[str, int, int], None]
+#: The stages :func:`run` reports, in order.
+STAGES: tuple[str, ...] = ("audio", "portrait", "motion", "render", "encode")
+#: Sample rate of the speech the pipeline works on (and hands to sinks).
+SPEECH_RATE = audio_mod.SAMPLE_RATE
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -40,17 +57,6 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if isinstance(device, str) and device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``"auto"`` -> bf16 on CUDA with bf16 support, fp32 elsewhere (the official numbers)."""
-    if precision == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return "bf16"
-        return "fp32"
-    if precision not in PRECISIONS:
-        raise InputError(f"unknown precision {precision!r}: use one of auto, {', '.join(PRECISIONS)}")
-    return precision
 
 
 @dataclass
@@ -104,16 +110,18 @@ def load_models(
     models_dir: str | Path | None = None,
     *,
     paths: weights.ModelPaths | None = None,
-    device: str | torch.device = "auto",
-    precision: str = "fp32",
-    attention: str = "auto",
-    use_ema: bool = False,
+    device: str | torch.device = MODEL_DEFAULTS.device,
+    precision: str = MODEL_DEFAULTS.precision,
+    attention: str = MODEL_DEFAULTS.attention,
+    use_ema: bool = MODEL_DEFAULTS.use_ema,
 ) -> KDTalkerModels:
     """Find, validate and load every checkpoint; return the networks on ``device`` in eval mode.
 
     ``models_dir`` holds ``kdtalker/`` and ``liveportrait/`` (ComfyUI's models folder works); when
     None, ``$KDTALKER_MODELS_DIR`` or ``./models``. ``paths`` overrides discovery. Missing or wrong
     files raise :class:`~kdtalker_core.errors.ModelFileError` naming every place searched.
+    ``precision`` follows :mod:`kdtalker_core.precision` (``auto``: bf16 where the device multiplies
+    bf16 natively, else fp32).
     """
     dev = resolve_device(device)
     precision = resolve_precision(precision, dev)
@@ -157,13 +165,20 @@ def load_models(
         precision=precision,
         attention_backend=attention,
     )
+    _prepare_networks(models)
+    return models.to(dev)
+
+
+def _prepare_networks(models: KDTalkerModels) -> None:
+    """Freshly loaded fp32 CPU networks -> eval mode, no gradients, the dtypes ``models.precision`` wants.
+
+    The denoiser computes in its parameters' dtype (the sampler keeps x_t in fp32); it is reduced
+    only on CUDA. Rendering runs under autocast over fp32 weights (see :mod:`kdtalker_core.render`).
+    """
     for m in models.modules().values():
         m.eval().requires_grad_(False)
-    if dev.type == "cuda" and precision != "fp32":
-        # The denoiser computes in its parameters' dtype (the sampler keeps x_t in fp32). On CPUs it
-        # stays fp32: without native bf16 instructions half precision is far slower there.
-        denoiser.to(PRECISIONS[precision])
-    return models.to(dev)
+    if models.device.type == "cuda" and models.precision != "fp32":
+        models.denoiser.to(PRECISIONS[models.precision])
 
 
 # --------------------------------------------------------------------------- portrait
@@ -196,9 +211,9 @@ def prepare_portrait(
     models: KDTalkerModels,
     image: Any,
     *,
-    face_index: int = 0,
-    order: str = "detector",
-    crop_mode: str = "official",
+    face_index: int = DEFAULTS.face_index,
+    order: str = DEFAULTS.face_order,
+    crop_mode: str = DEFAULTS.crop_mode,
     name: str = "image",
     crop: face.PortraitCrop | None = None,
 ) -> Portrait:
@@ -218,7 +233,7 @@ def prepare_portrait(
     kp_info = get_kp_info(models.motion_extractor, source)
     feature_3d = models.appearance_extractor(source)
     x_s = transform_keypoint(kp_info)
-    photo_t = torch.from_numpy(photo).to(dev).float().div(255.0)
+    photo_t = torch.tensor(photo, device=dev).float().div(255.0)  # a copy: the array may be read-only
     mask = face.make_paste_mask(crop, photo.shape[:2], device=dev)
     return Portrait(photo_t, crop, source, feature_3d, kp_info, x_s, mask)
 
@@ -239,30 +254,43 @@ class AudioFeatures:
         return int(self.features.shape[0])
 
 
+def trim_speech(waveform: Any, sample_rate: int, start_seconds: float = 0.0,
+                duration_seconds: float | None = None) -> torch.Tensor:
+    """Speech (N,), (C,N) or (1,C,N) at any rate -> (M,) float32 16 kHz mono from ``start_seconds``,
+    ``duration_seconds`` long (None or <= 0: to the end). The one place audio is trimmed.
+
+    Raises AudioError for empty or non-finite audio and for a start past the end.
+    """
+    wav = audio_mod.to_mono_16k(waveform, sample_rate)
+    start = max(0, int(round(start_seconds * SPEECH_RATE)))
+    if start >= wav.shape[0]:
+        raise AudioError(f"start {start_seconds:.2f} s is past the end of the audio "
+                         f"({wav.shape[0] / SPEECH_RATE:.2f} s)")
+    stop = None if duration_seconds is None or duration_seconds <= 0 else start + int(
+        round(duration_seconds * SPEECH_RATE))
+    return wav[start:stop]
+
+
 @torch.inference_mode()
 def encode_audio(
     models: KDTalkerModels,
     waveform: Any,
     sample_rate: int,
     *,
-    fps: float = 25.0,
-    start_seconds: float = 0.0,
-    duration_seconds: float | None = None,
+    fps: float = DEFAULTS.fps,
+    start_seconds: float = DEFAULTS.start_seconds,
+    duration_seconds: float | None = DEFAULTS.duration_seconds,
 ) -> AudioFeatures:
     """Speech (any rate, any channel count) -> (T,512) features at ``fps``.
 
     ``waveform`` is (N,), (C,N) or ComfyUI's (1,C,N) float. ``start_seconds``/``duration_seconds``
-    trim the speech first. Raises AudioError for empty, non-finite or sub-frame audio.
+    trim the speech first (:func:`trim_speech`). Raises AudioError for empty, non-finite or
+    sub-frame audio.
     """
     if fps <= 0:
         raise InputError(f"fps must be positive, got {fps}")
-    wav = audio_mod.to_mono_16k(waveform, sample_rate)
-    start = max(0, int(round(start_seconds * 16000)))
-    stop = None if duration_seconds is None or duration_seconds <= 0 else start + int(round(duration_seconds * 16000))
-    if start >= wav.shape[0]:
-        raise AudioError(f"start {start_seconds:.2f} s is past the end of the audio ({wav.shape[0] / 16000:.2f} s)")
-    wav = wav[start:stop]
-    windows, wav_cropped = audio_mod.audio_to_mel_windows(wav.to(models.device), 16000, fps=fps)
+    wav = trim_speech(waveform, sample_rate, start_seconds, duration_seconds)
+    windows, wav_cropped = audio_mod.audio_to_mel_windows(wav.to(models.device), SPEECH_RATE, fps=fps)
     features = models.audio_encoder.encode_in_chunks(windows)
     return AudioFeatures(features=features, fps=float(fps), waveform_16k=wav_cropped.float().cpu())
 
@@ -275,10 +303,10 @@ def sample_motion(
     portrait: Portrait,
     audio: AudioFeatures,
     *,
-    seed: int = 0,
-    steps: int = 50,
-    eta: float = 0.0,
-    smoothing: float = 1.0,
+    seed: int = DEFAULTS.seed,
+    steps: int = DEFAULTS.steps,
+    eta: float = DEFAULTS.eta,
+    smoothing: float = DEFAULTS.smoothing,
     callback: ProgressCallback | None = None,
 ) -> motion_mod.Motion:
     """Generate (T,70) motion with the windowed DDIM sampler, denormalise, Kalman-smooth.
@@ -310,6 +338,45 @@ def sample_motion(
 # --------------------------------------------------------------------------- rendering
 
 
+class FrameSink(Protocol):
+    """Where rendered frames go, chunk by chunk (e.g. :class:`kdtalker_core.video.Mp4Writer`).
+
+    ``start(fps, speech, sample_rate)`` once before the first frame (speech: (N,) float32 mono
+    covering exactly the frames), ``write(frames)`` per chunk ((n,H,W,3) float [0,1] on the compute
+    device), then ``finish()`` — or ``abort()`` after a failure or cancel (leave nothing behind).
+    """
+
+    def start(self, fps: float, speech: torch.Tensor, sample_rate: int) -> None: ...
+
+    def write(self, frames: torch.Tensor) -> None: ...
+
+    def finish(self) -> Any: ...
+
+    def abort(self) -> None: ...
+
+
+class FrameCollector:
+    """A :class:`FrameSink` that keeps every frame: ``frames`` (T,H,W,3) float32 on the CPU after ``finish``."""
+
+    def __init__(self) -> None:
+        self._parts: list[torch.Tensor] = []
+        self.frames: torch.Tensor | None = None
+
+    def start(self, fps: float, speech: torch.Tensor, sample_rate: int) -> None:
+        self._parts = []
+
+    def write(self, frames: torch.Tensor) -> None:
+        self._parts.append(frames.float().cpu())
+
+    def finish(self) -> torch.Tensor:
+        self.frames = torch.cat(self._parts, 0)
+        self._parts = []
+        return self.frames
+
+    def abort(self) -> None:
+        self._parts = []
+
+
 @dataclass
 class RenderResult:
     """Frames (T,H,W,3) float [0,1] on the CPU, the paste mask (H,W), and the frame rate."""
@@ -324,15 +391,16 @@ def iter_render(
     portrait: Portrait,
     motion: motion_mod.Motion,
     *,
-    chunk_size: int = 8,
-    paste_back: bool = True,
+    chunk_size: int = DEFAULTS.chunk_size,
+    paste_back: bool = DEFAULTS.paste_back,
     relative: bool = False,
     callback: ProgressCallback | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield rendered frames chunk by chunk: (n,H,W,3) float [0,1] on the device.
 
     With ``paste_back`` the 512x512 face is blended into the original photo (H,W); otherwise the
-    raw 512x512 crop frames are yielded. Memory is bounded by ``chunk_size``.
+    raw 512x512 crop frames are yielded. Memory is bounded by ``chunk_size``. ``callback(done,
+    total)`` counts frames, after each chunk is rendered and before it is yielded.
     """
     if chunk_size < 1:
         raise InputError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -347,47 +415,172 @@ def iter_render(
         yield chunk
 
 
+def _output_mask(portrait: Portrait, paste_back: bool, frame_hw: tuple[int, int]) -> torch.Tensor:
+    """Where the rendered face is in (H,W) output frames: the paste mask, or all ones for the raw crop."""
+    return portrait.paste_mask.float().cpu() if paste_back else torch.ones(frame_hw)
+
+
 def render(
     models: KDTalkerModels,
     portrait: Portrait,
     motion: motion_mod.Motion,
     *,
-    chunk_size: int = 8,
-    paste_back: bool = True,
+    chunk_size: int = DEFAULTS.chunk_size,
+    paste_back: bool = DEFAULTS.paste_back,
     relative: bool = False,
     callback: ProgressCallback | None = None,
 ) -> RenderResult:
     """Render every frame into one CPU tensor (ComfyUI IMAGE layout (T,H,W,3))."""
-    parts = [
-        c.float().cpu()
-        for c in iter_render(models, portrait, motion, chunk_size=chunk_size, paste_back=paste_back,
-                             relative=relative, callback=callback)
-    ]
-    frames = torch.cat(parts, 0)
-    if paste_back:
-        mask = portrait.paste_mask.float().cpu()
-    else:
-        mask = torch.ones(frames.shape[1:3])
-    return RenderResult(frames=frames, mask=mask, fps=motion.fps)
+    collector = FrameCollector()
+    for chunk in iter_render(models, portrait, motion, chunk_size=chunk_size, paste_back=paste_back,
+                             relative=relative, callback=callback):
+        collector.write(chunk)
+    frames = collector.finish()
+    return RenderResult(frames=frames, mask=_output_mask(portrait, paste_back, frames.shape[1:3]), fps=motion.fps)
 
 
-def generate(
-    models: KDTalkerModels,
-    image: Any,
-    waveform: Any,
-    sample_rate: int,
-    *,
-    fps: float = 25.0,
-    seed: int = 0,
-    steps: int = 50,
-    smoothing: float = 1.0,
-    chunk_size: int = 8,
-    paste_back: bool = True,
-    face_index: int = 0,
-    callback: ProgressCallback | None = None,
-) -> RenderResult:
-    """Photo + speech -> frames, in one call (portrait, audio, motion, render)."""
-    audio = encode_audio(models, waveform, sample_rate, fps=fps)
-    portrait = prepare_portrait(models, image, face_index=face_index)
-    motion = sample_motion(models, portrait, audio, seed=seed, steps=steps, smoothing=smoothing)
-    return render(models, portrait, motion, chunk_size=chunk_size, paste_back=paste_back, callback=callback)
+# --------------------------------------------------------------------------- one job, end to end
+
+
+@dataclass
+class Inputs:
+    """A checked job, made in seconds before any model is loaded (:func:`check_inputs`).
+
+    photo (H,W,3) uint8 RGB; crop: its face crop (reused by :func:`prepare_portrait`); speech (N,)
+    float32 16 kHz mono, already trimmed by ``options`` (at least one video frame long);
+    options: the job's settings; image_name: how messages call the photo.
+    """
+
+    photo: np.ndarray
+    crop: face.PortraitCrop
+    speech: torch.Tensor
+    options: GenerateOptions
+    image_name: str = "image"
+
+    @property
+    def num_frames(self) -> int:
+        """Video frames the speech gives at ``options.fps``."""
+        return audio_mod.num_video_frames(self.speech.shape[0], self.options.fps)
+
+
+def check_inputs(image: Any, waveform: Any, sample_rate: int, options: GenerateOptions = DEFAULTS, *,
+                 image_name: str = "image") -> Inputs:
+    """Check a photo and a speech track against ``options`` without any model: find the face, trim
+    the speech, make sure it covers a video frame. Raises FaceError / AudioError / InputError.
+
+    ``image``: (H,W,C) or (1,H,W,C) uint8 or float [0,1] array or tensor; ``waveform`` (N,), (C,N)
+    or (1,C,N) at ``sample_rate`` Hz.
+    """
+    options.validate()
+    photo = face.to_rgb_uint8(image, image_name)
+    crop = face.crop_portrait(photo, face_index=options.face_index, order=options.face_order,
+                              mode=options.crop_mode, name=image_name)
+    speech = trim_speech(waveform, sample_rate, options.start_seconds, options.duration_seconds)
+    inputs = Inputs(photo, crop, speech.float().cpu(), options, image_name)
+    if inputs.num_frames < 1:
+        raise AudioError(f"the speech to use is {speech.shape[0] / SPEECH_RATE * 1000:.0f} ms long, shorter than "
+                         f"one video frame ({1000 / options.fps:.0f} ms at {options.fps:g} fps): give more audio")
+    return inputs
+
+
+def read_inputs(image_path: str | Path, audio_path: str | Path, options: GenerateOptions = DEFAULTS) -> Inputs:
+    """:func:`check_inputs` for files: any photo :func:`kdtalker_core.image_io.read_image` reads,
+    any audio :func:`kdtalker_core.audio.load_audio_file` decodes. Errors name the file."""
+    from .image_io import read_image
+
+    photo = read_image(image_path)
+    waveform, sample_rate = audio_mod.load_audio_file(audio_path, fps=options.fps)
+    return check_inputs(photo, waveform, sample_rate, options, image_name=str(image_path))
+
+
+@dataclass
+class GenerateResult:
+    """What :func:`run` made.
+
+    frames (T,H,W,3) float32 [0,1] on the CPU, or None when they went to a sink; num_frames T;
+    fps; mask (H,W) where the face is in the frames; speech (N,) float32 16 kHz mono covering
+    exactly the frames; motion (T,70); precision the networks ran in; seconds: wall time per stage.
+    """
+
+    frames: torch.Tensor | None
+    num_frames: int
+    fps: float
+    mask: torch.Tensor
+    speech: torch.Tensor
+    motion: motion_mod.Motion
+    precision: str
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def motion_total(num_frames: int, steps: int) -> int:
+    """Denoiser steps :func:`sample_motion` reports for ``num_frames``: one DDIM run per 64-frame window."""
+    return math.ceil(num_frames / motion_mod.WINDOW) * steps
+
+
+def run(models: KDTalkerModels, inputs: Inputs, *, on_stage: StageCallback | None = None,
+        sink: FrameSink | None = None, portrait: Portrait | None = None) -> GenerateResult:
+    """The whole pipeline for one checked job: audio -> portrait -> motion -> render -> encode.
+
+    ``on_stage(stage, done, total)`` is called with ``done = 0`` when each stage of :data:`STAGES`
+    starts, as it progresses (motion: denoiser steps; render: frames rendered and handed to the
+    sink) and with ``done == total`` when it ends; it may raise to cancel. ``sink``: frames stream
+    into it chunk by chunk (memory flat in the audio length; ``encode`` is its ``finish``, e.g.
+    the mp4 encoder's flush and mux); without one they are collected into ``result.frames``.
+    ``portrait``: this photo's :func:`prepare_portrait` (same ``inputs.photo``/``crop``) made
+    earlier, e.g. kept by a batch for several jobs, used instead of preparing it again.
+    """
+    opts = inputs.options
+    seconds: dict[str, float] = {}
+
+    def report(stage: str, done: int, total: int) -> None:
+        if on_stage is not None:
+            on_stage(stage, done, total)
+
+    def timed(stage: str, total: int, work: Callable[[], Any]) -> Any:
+        report(stage, 0, total)
+        t0 = time.perf_counter()
+        out = work()
+        seconds[stage] = time.perf_counter() - t0
+        report(stage, total, total)
+        return out
+
+    audio = timed("audio", 1, lambda: encode_audio(models, inputs.speech, SPEECH_RATE, fps=opts.fps))
+    prepared = portrait
+    portrait = timed("portrait", 1, lambda: prepared if prepared is not None else prepare_portrait(
+        models, inputs.photo, crop=inputs.crop, name=inputs.image_name))
+    n_steps = motion_total(audio.num_frames, opts.steps)
+    motion = timed("motion", n_steps, lambda: sample_motion(
+        models, portrait, audio, seed=opts.seed, steps=opts.steps, eta=opts.eta, smoothing=opts.smoothing,
+        callback=lambda done, total: report("motion", done, total) if done < total else None))
+
+    out = sink if sink is not None else FrameCollector()
+    total = motion.num_frames
+
+    def render_all() -> tuple[int, int]:
+        done, frame_hw = 0, (0, 0)
+        for chunk in iter_render(models, portrait, motion, chunk_size=opts.chunk_size, paste_back=opts.paste_back):
+            out.write(chunk)
+            done, frame_hw = done + int(chunk.shape[0]), tuple(chunk.shape[1:3])
+            if done < total:
+                report("render", done, total)
+        return frame_hw
+
+    out.start(audio.fps, audio.waveform_16k, SPEECH_RATE)
+    try:
+        frame_hw = timed("render", total, render_all)
+        timed("encode", 1, out.finish)
+    except BaseException:
+        out.abort()
+        raise
+    frames = out.frames if isinstance(out, FrameCollector) else None
+    return GenerateResult(frames=frames, num_frames=total, fps=audio.fps,
+                          mask=_output_mask(portrait, opts.paste_back, frame_hw), speech=audio.waveform_16k,
+                          motion=motion, precision=models.precision, seconds=seconds)
+
+
+def generate(models: KDTalkerModels, image: Any, waveform: Any, sample_rate: int,
+             options: GenerateOptions = DEFAULTS, *, image_name: str = "image",
+             on_stage: StageCallback | None = None, sink: FrameSink | None = None) -> GenerateResult:
+    """Photo + speech -> frames in one call: :func:`check_inputs` then :func:`run`."""
+    return run(models, check_inputs(image, waveform, sample_rate, options, image_name=image_name),
+               on_stage=on_stage, sink=sink)

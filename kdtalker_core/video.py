@@ -22,6 +22,90 @@ def _to_uint8(chunk: torch.Tensor) -> np.ndarray:
     return (chunk.detach().float().clamp(0, 1) * 255).to(torch.uint8).cpu().numpy()
 
 
+class Mp4Writer:
+    """An mp4 written chunk by chunk: ``start`` -> ``write`` ... -> ``finish`` (or ``abort``).
+
+    A :class:`kdtalker_core.pipeline.FrameSink` (frames streamed by :func:`kdtalker_core.pipeline.run`)
+    and the engine of :func:`write_mp4`. Frames are encoded as they arrive; the speech (mono (N,)
+    float [-1,1]) is muxed at the end. Nothing appears at ``path`` until ``finish`` succeeds.
+    """
+
+    def __init__(self, path: str | Path, *, crf: int = 18) -> None:
+        self.path = Path(path)
+        self.crf = int(crf)
+        self.frames = 0
+        self._fps: float | None = None
+        self._audio: torch.Tensor | np.ndarray | None = None
+        self._sample_rate = 16000
+        self._tmp: Path | None = None
+        self._container = None
+        self._vstream = None
+        self._astream = None
+
+    def start(self, fps: float, audio: torch.Tensor | np.ndarray | None = None, sample_rate: int = 16000) -> None:
+        """Set the frame rate and the soundtrack; the file is created at the first frame."""
+        self._fps, self._audio, self._sample_rate = float(fps), audio, int(sample_rate)
+
+    def _open(self, height: int, width: int) -> None:
+        import av
+
+        if self._fps is None:
+            raise ValueError("Mp4Writer.start(fps, ...) must be called before the first frame")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".part.mp4", dir=self.path.parent)
+        os.close(fd)
+        self._tmp = Path(tmp_name)
+        self._container = av.open(tmp_name, mode="w", format="mp4")
+        vstream = self._container.add_stream("libx264", rate=Fraction(self._fps).limit_denominator(1001))
+        vstream.width, vstream.height = width + (width % 2), height + (height % 2)
+        vstream.pix_fmt = "yuv420p"
+        vstream.options = {"crf": str(self.crf), "preset": "medium"}
+        self._vstream = vstream
+        if self._audio is not None:
+            self._astream = self._container.add_stream("aac", rate=self._sample_rate)
+            self._astream.layout = "mono"
+
+    def write(self, chunk: torch.Tensor) -> None:
+        """Encode frames (n,H,W,3) float [0,1] (any device); odd sizes get one edge pixel of padding."""
+        import av
+
+        if self._container is None:
+            self._open(*chunk.shape[1:3])
+        for img in _to_uint8(chunk):
+            if img.shape[0] % 2 or img.shape[1] % 2:
+                img = np.pad(img, ((0, img.shape[0] % 2), (0, img.shape[1] % 2), (0, 0)), mode="edge")
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+            self._container.mux(self._vstream.encode(frame))
+            self.frames += 1
+
+    def finish(self) -> int:
+        """Flush the encoder, add the speech, move the file to ``path``; returns the frame count."""
+        if self._container is None:
+            raise ValueError("no frames to write")
+        try:
+            self._container.mux(self._vstream.encode())
+            if self._astream is not None:
+                _mux_audio(self._container, self._astream, self._audio, self._sample_rate)
+            self._container.close()
+            self._container = None
+            os.replace(self._tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
+        return self.frames
+
+    def abort(self) -> None:
+        """Discard everything written so far (no file is left behind)."""
+        if self._container is not None:
+            try:
+                self._container.close()
+            except Exception:  # the encoder may be in any state after a failure
+                pass
+            self._container = None
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+
+
 def write_mp4(
     path: str | Path,
     frames: Iterable[torch.Tensor],
@@ -35,48 +119,15 @@ def write_mp4(
     Returns the number of frames written. Width/height are taken from the first chunk and must be
     even for yuv420p (odd sizes are padded by one pixel of edge replication).
     """
-    import av
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".part.mp4", dir=path.parent)
-    os.close(fd)
-    count = 0
+    writer = Mp4Writer(path, crf=crf)
+    writer.start(fps, audio, sample_rate)
     try:
-        with av.open(tmp_name, mode="w", format="mp4") as container:
-            chunks = iter(frames)
-            first = next(chunks, None)
-            if first is None:
-                raise ValueError("no frames to write")
-            h, w = first.shape[1:3]
-            vstream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-            vstream.width, vstream.height = w + (w % 2), h + (h % 2)
-            vstream.pix_fmt = "yuv420p"
-            vstream.options = {"crf": str(crf), "preset": "medium"}
-            astream = None
-            if audio is not None:
-                astream = container.add_stream("aac", rate=sample_rate)
-                astream.layout = "mono"
-            for chunk in _chain(first, chunks):
-                for img in _to_uint8(chunk):
-                    if img.shape[0] % 2 or img.shape[1] % 2:
-                        img = np.pad(img, ((0, img.shape[0] % 2), (0, img.shape[1] % 2), (0, 0)), mode="edge")
-                    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
-                    container.mux(vstream.encode(frame))
-                    count += 1
-            container.mux(vstream.encode())
-            if astream is not None:
-                _mux_audio(container, astream, audio, sample_rate)
-        os.replace(tmp_name, path)
+        for chunk in frames:
+            writer.write(chunk)
     except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
+        writer.abort()
         raise
-    return count
-
-
-def _chain(first: torch.Tensor, rest: Iterable[torch.Tensor]) -> Iterable[torch.Tensor]:
-    yield first
-    yield from rest
+    return writer.finish()
 
 
 def _mux_audio(container, astream, audio: torch.Tensor | np.ndarray, sample_rate: int) -> None:

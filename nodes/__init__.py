@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .all_in_one import KDTalker
 from .audio import KDTalkerEncodeAudio
+from .driving import KDTalkerExtractVideoMotion, KDTalkerMixMotion
 from .models import KDTalkerLoadModels, register_model_folders
 from .motion import KDTalkerSampleMotion
 from .motion_tools import (
@@ -14,8 +15,10 @@ from .motion_tools import (
     KDTalkerScaleMotion,
     KDTalkerStillHead,
 )
+from .performance import KDTalkerBlinks, KDTalkerCalmSilences, KDTalkerFrameRate, KDTalkerMouthOpenness
 from .portrait import KDTalkerPreparePortrait
 from .render import KDTalkerRender
+from .video import KDTalkerRenderVideo
 
 #: Every node, in menu order. Node ids are stable: never rename one that has shipped.
 NODES = [
@@ -31,6 +34,13 @@ NODES = [
     KDTalkerSaveMotion,
     KDTalkerLoadMotion,
     KDTalkerPlotMotion,
+    KDTalkerExtractVideoMotion,
+    KDTalkerMixMotion,
+    KDTalkerRenderVideo,
+    KDTalkerBlinks,
+    KDTalkerMouthOpenness,
+    KDTalkerCalmSilences,
+    KDTalkerFrameRate,
 ]
 
 __all__ = ["NODES", "register_model_folders", *(n.__name__ for n in NODES)]

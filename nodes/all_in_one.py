@@ -7,16 +7,14 @@ from typing import Any
 import torch
 from comfy_api.latest import io
 
-from ..kdtalker_core import pipeline
+from ..kdtalker_core import options, pipeline
 from . import types as t
 from . import widgets as w
 from .models import ModelHandle
 from .progress import NodeProgress
 
-#: Frame rate of the one-node path (KDTalker's training rate).
-FPS = 25.0
-#: Share of the progress bar per stage (rendering dominates the run time).
-STAGES = {"audio": 0.2, "portrait": 0.2, "motion": 1.6, "render": 8.0}
+#: Share of the progress bar per stage of :data:`kdtalker_core.pipeline.STAGES` (rendering dominates).
+STAGES = {"audio": 0.2, "portrait": 0.2, "motion": 1.6, "render": 8.0, "encode": 0.1}
 
 
 class KDTalker(io.ComfyNode):
@@ -42,28 +40,25 @@ class KDTalker(io.ComfyNode):
                 w.paste_back_input(),
             ],
             outputs=[
-                io.Image.Output("images", tooltip="The frames (T,H,W,3) at 25 fps."),
+                io.Image.Output("images", tooltip=f"The frames (T,H,W,3) at {options.DEFAULTS.fps:g} fps."),
                 io.Audio.Output("audio", tooltip="The speech, exactly as long as the frames."),
-                io.Float.Output("fps", tooltip="Frame rate of the frames (25)."),
+                io.Float.Output("fps", tooltip=f"Frame rate of the frames ({options.DEFAULTS.fps:g})."),
             ],
         )
 
     @classmethod
     def execute(cls, image: torch.Tensor, audio: dict[str, Any], models: ModelHandle, seed: int, steps: int,
                 smoothing: float, chunk_size: int, paste_back: bool) -> io.NodeOutput:
+        job = options.GenerateOptions(seed=seed, steps=steps, smoothing=smoothing, chunk_size=chunk_size,
+                                      paste_back=paste_back)
         progress = NodeProgress(STAGES)
+        waveform, sample_rate = t.audio_parts(audio)
         try:
-            m = models.acquire()
-            waveform, sample_rate = t.audio_parts(audio)
-            features = pipeline.encode_audio(m, waveform, sample_rate, fps=FPS)
-            progress.stage("audio")(1, 1)
-            portrait = pipeline.prepare_portrait(m, t.first_image(image), name="the portrait image")
-            progress.stage("portrait")(1, 1)
-            motion = pipeline.sample_motion(m, portrait, features, seed=seed, steps=steps,
-                                            smoothing=smoothing, callback=progress.stage("motion"))
-            result = pipeline.render(m, portrait, motion, chunk_size=chunk_size, paste_back=paste_back,
-                                     callback=progress.stage("render"))
+            result = pipeline.generate(models.acquire(), t.first_image(image), waveform, sample_rate, job,
+                                       image_name="the portrait image",
+                                       on_stage=lambda stage, done, total: progress.stage(stage)(done, total))
         finally:
             models.release()
-        seconds = result.frames.shape[0] / result.fps
-        return io.NodeOutput(t.as_image(result.frames), t.audio_span(audio, 0.0, seconds), float(result.fps))
+        seconds = result.num_frames / result.fps
+        return io.NodeOutput(t.as_image(result.frames), t.audio_span(audio, job.start_seconds, seconds),
+                             float(result.fps))

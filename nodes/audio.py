@@ -8,6 +8,7 @@ from comfy_api.latest import io
 
 from ..kdtalker_core import pipeline
 from . import types as t
+from . import widgets as w
 from .models import ModelHandle
 
 
@@ -26,10 +27,8 @@ class KDTalkerEncodeAudio(io.ComfyNode):
                 io.Audio.Input("audio", tooltip="The speech (any sample rate, mono or stereo; only the first "
                                                 "clip of a batch is used)."),
                 t.Models.Input("models", tooltip="From Load KDTalker Models."),
-                io.Float.Input("fps", default=25.0, min=1.0, max=120.0, step=1.0,
-                               tooltip="Video frame rate. KDTalker was trained at 25 fps; other rates "
-                                       "work but lip sync is best at 25."),
-                io.Float.Input("start_seconds", default=0.0, min=0.0, max=1e6, step=0.1,
+                w.fps_input(),
+                io.Float.Input("start_seconds", default=w.DEFAULTS.start_seconds, min=0.0, max=1e6, step=0.1,
                                tooltip="Skip this many seconds at the start of the audio."),
                 io.Float.Input("duration_seconds", default=0.0, min=0.0, max=1e6, step=0.1,
                                tooltip="Use this many seconds of audio after the start; 0 uses the rest."),

@@ -11,15 +11,16 @@ where to download them, and are passed through unchanged.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import comfy.model_management as mm
+import comfy.model_patcher
 import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..kdtalker_core import attention, errors, pipeline, weights
+from ..kdtalker_core import attention, errors, options, pipeline, weights
 from . import types as t
 
 KDTALKER_FOLDER = "kdtalker"
@@ -27,9 +28,9 @@ LIVEPORTRAIT_FOLDER = "liveportrait"
 KDTALKER_EXTENSIONS = {".pth", ".pt", ".safetensors", ".npz"}
 AUTO = "auto"
 
-PRECISIONS = ["auto", "fp32", "fp16", "bf16"]
-ATTENTIONS = ["auto", "xformers", "sdpa", "math"]
-DEVICES = ["auto", "cpu", "cuda"]
+PRECISIONS = list(options.PRECISIONS)
+ATTENTIONS = list(options.ATTENTION_BACKENDS)
+DEVICES = list(options.DEVICES)
 
 
 # ----------------------------------------------------------------------------------------- folders
@@ -89,24 +90,10 @@ def _folder_label(path: Path) -> str:
 def liveportrait_folders() -> dict[str, Path]:
     """Label -> folder for every folder holding a complete set of LivePortrait base models.
 
-    Looks at each registered liveportrait folder and its direct subfolders (e.g. Kijai's
-    ``LivePortrait_safetensors``); folders that resolve to the same files are listed once.
+    The registered liveportrait folders and their direct subfolders (e.g. Kijai's
+    ``LivePortrait_safetensors``), as :func:`kdtalker_core.weights.complete_liveportrait_folders` finds them.
     """
-    out: dict[str, Path] = {}
-    seen: set[tuple] = set()
-    for root in _liveportrait_dirs():
-        subdirs = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-        for d in [root, *subdirs]:
-            if d.name in ("base_models", "retargeting_models"):
-                continue
-            found, _ = weights.find_liveportrait_files([d])
-            if any(found[n] is None for n in weights.LIVEPORTRAIT_BASE):
-                continue
-            key = tuple(sorted(str(p) for p in found.values() if p is not None))
-            if key not in seen:
-                seen.add(key)
-                out[_folder_label(d)] = d
-    return out
+    return {_folder_label(d): d for d in weights.complete_liveportrait_folders(_liveportrait_dirs())}
 
 
 def liveportrait_choices() -> list[str]:
@@ -116,69 +103,25 @@ def liveportrait_choices() -> list[str]:
 # ----------------------------------------------------------------------------------------- resolving
 
 
-def _find_in_kdtalker_folders(names: tuple[str, ...]) -> Path | None:
-    for name in names:
-        for rel in (name, f"ckpts/{name}"):
-            full = folder_paths.get_full_path(KDTALKER_FOLDER, rel)
-            if full is not None:
-                return Path(full)
-    return None
-
-
-def _picked(choice: str, what: str) -> Path:
-    full = folder_paths.get_full_path(KDTALKER_FOLDER, choice)
-    if full is None:
-        raise errors.ModelFileError(
-            f"{what} {choice!r} is no longer in {', '.join(map(str, _kdtalker_dirs()))}: pick another file "
-            "in Load KDTalker Models (or 'auto') and refresh the page.")
-    return Path(full)
+def _label_folder(label: str) -> Path:
+    """The folder a liveportrait picker label names (the inverse of :func:`_folder_label`)."""
+    path = Path(label)
+    return path if path.is_absolute() else Path(folder_paths.models_dir) / path
 
 
 def resolve_model_paths(kdtalker: str = AUTO, wav2lip: str = AUTO, liveportrait: str = AUTO
                         ) -> weights.ModelPaths:
     """The picker choices -> :class:`kdtalker_core.weights.ModelPaths`.
 
-    "auto" finds the files by their official names in every registered folder. Anything missing
-    is reported by :func:`kdtalker_core.weights.find_model_files` (expected files, every path
-    searched, download sources).
+    "auto" finds the files by their official names in every registered folder; a picked file or
+    folder is used as chosen. The search, and the "not found" message (expected files, every path
+    searched, download sources), are :func:`kdtalker_core.weights.find_model_files`'.
     """
-    kd_dirs, lp_dirs = _kdtalker_dirs(), _liveportrait_dirs()
-
-    def report_missing(**kw) -> weights.ModelPaths:
-        # find_model_files raises the complete "not found" message; it only returns if the files
-        # appeared in the meantime.
-        return weights.find_model_files(folder_paths.models_dir, kdtalker_dirs=kd_dirs,
-                                            liveportrait_dirs=lp_dirs, **kw)
-
-    paths = weights.ModelPaths()
-    paths.kdtalker = (_find_in_kdtalker_folders(weights.KDTALKER_NAMES) if kdtalker == AUTO
-                      else _picked(kdtalker, "KDTalker checkpoint"))
-    paths.wav2lip = (_find_in_kdtalker_folders(("wav2lip.pth",)) if wav2lip == AUTO
-                     else _picked(wav2lip, "Wav2Lip checkpoint"))
-    if paths.kdtalker is None or (paths.wav2lip is None and not paths.kdtalker_is_bundle):
-        found = report_missing(need_liveportrait=False)
-        paths.kdtalker = paths.kdtalker or found.kdtalker
-        paths.wav2lip = paths.wav2lip or found.wav2lip
-    paths.norm = _find_in_kdtalker_folders(("norm.npz",)) or weights.PACKAGED_NORM
-
-    if liveportrait == AUTO:
-        search = lp_dirs
-    else:
-        folders = liveportrait_folders()
-        if liveportrait not in folders:
-            raise errors.ModelFileError(
-                f"LivePortrait folder {liveportrait!r} no longer holds the LivePortrait models: pick another "
-                f"folder (or 'auto') in Load KDTalker Models. Folders searched: "
-                f"{', '.join(map(str, lp_dirs))}. Download {weights.DOWNLOAD_HINTS['liveportrait']}.")
-        search = [folders[liveportrait]]
-    found, searched = weights.find_liveportrait_files(search)
-    if any(found[n] is None for n in weights.LIVEPORTRAIT_BASE):
-        weights.load_liveportrait(search)  # raises the "not found" message with every path checked
-    paths.liveportrait = found
-    first = next(p for p in found.values() if p is not None)
-    paths.liveportrait_dir = next((d for d in search if d in first.parents), first.parent)
-    paths.searched = searched
-    return paths
+    return weights.find_model_files(
+        folder_paths.models_dir, kdtalker_dirs=_kdtalker_dirs(), liveportrait_dirs=_liveportrait_dirs(),
+        kdtalker_file=None if kdtalker == AUTO else kdtalker,
+        wav2lip_file=None if wav2lip == AUTO else wav2lip,
+        liveportrait_dir=None if liveportrait == AUTO else _label_folder(liveportrait))
 
 
 # ----------------------------------------------------------------------------------------- devices
@@ -188,30 +131,52 @@ def resolve_model_paths(kdtalker: str = AUTO, wav2lip: str = AUTO, liveportrait:
 class ModelHandle:
     """What travels on a KDTALKER_MODELS socket: the networks plus where they run and rest.
 
-    Nodes call :meth:`acquire` before computing (moves the networks to the compute device when
-    they were offloaded) and the last stage calls :meth:`release` (moves them to ComfyUI's offload
-    device, normally the CPU, and frees cached GPU memory).
+    The networks are one model in ComfyUI's memory management (a ``comfy.model_patcher.ModelPatcher``
+    over all of them): their memory is counted, ComfyUI offloads them when another model needs the
+    GPU and "Unload models" / ``/free`` moves them to the offload device. Nodes call :meth:`acquire`
+    before computing (``load_models_gpu``: moves them back to the compute device if they were
+    offloaded) and :meth:`release` when done (frees cached GPU memory; the weights stay loaded until
+    ComfyUI needs the room, as ComfyUI's own models do).
     """
 
     models: pipeline.KDTalkerModels
     compute_device: torch.device
     offload_device: torch.device
     paths: weights.ModelPaths | None = None
+    patcher: comfy.model_patcher.ModelPatcher | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.patcher is None:
+            self.patcher = comfy.model_patcher.ModelPatcher(
+                NetworkSet(self.models), load_device=self.compute_device, offload_device=self.offload_device)
+        if self.models.device == self.compute_device:
+            # Loaded straight onto the compute device: count the memory from now on (no transfer).
+            self._load()
+
+    def _load(self) -> None:
+        with outside_inference_mode():
+            mm.load_models_gpu([self.patcher], force_full_load=True)
+        self.models.device = self.compute_device
 
     def acquire(self) -> pipeline.KDTalkerModels:
         # The attention backend is process-wide: re-apply this handle's choice (another Load Models
         # node may have set a different one since).
         attention.set_attention_backend(self.models.attention_backend)
-        if self.models.device != self.compute_device:
-            with outside_inference_mode():
-                self.models.to(self.compute_device)
+        self._load()
         return self.models
 
     def release(self) -> None:
-        if self.offload_device != self.compute_device and self.models.device != self.offload_device:
-            with outside_inference_mode():
-                self.models.to(self.offload_device)
         mm.soft_empty_cache()
+
+
+class NetworkSet(torch.nn.Module):
+    """Every network of a :class:`~kdtalker_core.pipeline.KDTalkerModels` as one module (the same
+    module objects, so moving this moves them), for ComfyUI's ModelPatcher to size and move."""
+
+    def __init__(self, models: pipeline.KDTalkerModels):
+        super().__init__()
+        self.networks = torch.nn.ModuleDict(models.modules())
+        self.device = models.device
 
 
 def outside_inference_mode() -> torch.inference_mode:
@@ -264,15 +229,16 @@ class KDTalkerLoadModels(io.ComfyNode):
                                tooltip="Folder with the LivePortrait models: the official tree "
                                        "(base_models/*.pth) or Kijai's LivePortrait_safetensors. auto: "
                                        "search models/liveportrait."),
-                io.Combo.Input("precision", options=PRECISIONS, default=AUTO,
-                               tooltip="Compute precision of rendering and sampling. auto: bf16 on GPUs "
-                                       "that support it, else fp32. fp32 reproduces the official numbers."),
-                io.Combo.Input("attention", options=ATTENTIONS, default=AUTO,
+                io.Combo.Input("precision", options=PRECISIONS, default=options.MODEL_DEFAULTS.precision,
+                               tooltip="Compute precision of rendering and sampling. auto: bf16 where the "
+                                       "hardware has native bf16 (most GPUs, CPUs with AVX512-BF16 or AMX), "
+                                       "else fp32. fp32 reproduces the official numbers."),
+                io.Combo.Input("attention", options=ATTENTIONS, default=options.MODEL_DEFAULTS.attention,
                                tooltip="Attention implementation of the motion model. auto picks the fastest "
                                        "available (xformers when ComfyUI enables it, else PyTorch SDPA)."),
-                io.Combo.Input("device", options=DEVICES, default=AUTO,
+                io.Combo.Input("device", options=DEVICES, default=options.MODEL_DEFAULTS.device,
                                tooltip="auto: ComfyUI's device (honours --cpu and the selected GPU)."),
-                io.Boolean.Input("use_ema", default=False,
+                io.Boolean.Input("use_ema", default=options.MODEL_DEFAULTS.use_ema,
                                  tooltip="Use the EMA copy of the KDTalker weights stored in KDTalker.pth "
                                          "(the official inference uses the regular weights)."),
             ],

@@ -28,9 +28,7 @@ class KDTalkerSampleMotion(io.ComfyNode):
                 t.Models.Input("models", tooltip="From Load KDTalker Models."),
                 w.seed_input(),
                 w.steps_input(),
-                io.Float.Input("eta", default=0.0, min=0.0, max=1.0, step=0.05,
-                               tooltip="DDIM eta: 0 is deterministic DDIM (official); 1 adds fresh noise "
-                                       "at every step like DDPM."),
+                w.eta_input(),
                 w.smoothing_input(),
             ],
             outputs=[t.Motion.Output("motion", tooltip="Per-frame motion for Render or the motion tools.")],

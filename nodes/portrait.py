@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-from typing import get_args
-
 import torch
 from comfy_api.latest import io
 
-from ..kdtalker_core import face, pipeline
+from ..kdtalker_core import options, pipeline
 from . import types as t
 from .models import ModelHandle
-
-FACE_ORDERS = list(get_args(face.FaceOrder))
-CROP_MODES = list(get_args(face.CropMode))
 
 
 class KDTalkerPreparePortrait(io.ComfyNode):
@@ -29,14 +24,14 @@ class KDTalkerPreparePortrait(io.ComfyNode):
             inputs=[
                 io.Image.Input("image", tooltip="The portrait photo. With a batch, the first image is used."),
                 t.Models.Input("models", tooltip="From Load KDTalker Models."),
-                io.Int.Input("face_index", default=0, min=0, max=63,
+                io.Int.Input("face_index", default=options.DEFAULTS.face_index, min=0, max=63,
                              tooltip="Which face to animate when the photo shows several, counted in the "
                                      "order below (0 = first)."),
-                io.Combo.Input("order", options=FACE_ORDERS, default="detector",
+                io.Combo.Input("order", options=list(options.FACE_ORDERS), default=options.DEFAULTS.face_order,
                                tooltip="How faces are ordered for face_index: largest first, left to right, "
                                        "top to bottom, or detector (most confident first, the official "
                                        "choice)."),
-                io.Combo.Input("crop_mode", options=CROP_MODES, default="official",
+                io.Combo.Input("crop_mode", options=list(options.CROP_MODES), default=options.DEFAULTS.crop_mode,
                                tooltip="official: KDTalker's landmark-based crop (as in the paper). square: "
                                        "a square crop aligned to the eyes and mouth (rotation removed). "
                                        "square_axis: the same square without rotation."),

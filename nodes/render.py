@@ -1,4 +1,9 @@
-"""Render: portrait + motion -> video frames (batched on the device, chunk by chunk)."""
+"""Render: portrait + motion -> video frames (batched on the device, chunk by chunk).
+
+A frame range (``start_frame``, ``frame_count``) renders one segment of the clip, so a graph can
+push a long clip through IMAGE nodes (upscalers, face restorers) in parts; every frame depends
+only on its own motion, so segments put together equal one pass.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,8 @@ from typing import Any
 from comfy_api.latest import io
 
 from ..kdtalker_core import pipeline
+from ..kdtalker_core.errors import InputError
+from ..kdtalker_core.motion import Motion
 from . import types as t
 from . import widgets as w
 from .models import ModelHandle
@@ -30,10 +37,16 @@ class KDTalkerRender(io.ComfyNode):
                 t.Models.Input("models", tooltip="From Load KDTalker Models."),
                 w.chunk_size_input(),
                 w.paste_back_input(),
+                io.Int.Input("start_frame", default=0, min=0, max=10_000_000, optional=True,
+                             tooltip="First frame to render (0 = the start). With frame_count, renders one "
+                                     "segment of a long clip; segments joined in order equal one pass."),
+                io.Int.Input("frame_count", default=0, min=0, max=10_000_000, optional=True,
+                             tooltip="How many frames to render from start_frame; 0 renders to the end "
+                                     "of the motion."),
                 io.Audio.Input("audio", optional=True,
-                               tooltip="Optional: the audio output of Encode Audio. It is passed through, "
-                                       "cut or padded to the length of the frames; without it the audio "
-                                       "output is silence of that length."),
+                               tooltip="Optional: the audio output of Encode Audio. The part under the "
+                                       "rendered frames is passed through (cut or padded to their length); "
+                                       "without it the audio output is silence of that length."),
             ],
             outputs=[
                 io.Image.Output("images", tooltip="The frames (T,H,W,3)."),
@@ -45,13 +58,29 @@ class KDTalkerRender(io.ComfyNode):
 
     @classmethod
     def execute(cls, portrait, motion, models: ModelHandle, chunk_size: int, paste_back: bool,
-                audio: dict[str, Any] | None = None) -> io.NodeOutput:
+                start_frame: int = 0, frame_count: int = 0, audio: dict[str, Any] | None = None) -> io.NodeOutput:
+        segment = frame_range(motion, start_frame, frame_count)
         progress = NodeProgress()
         try:
-            result = pipeline.render(models.acquire(), portrait, motion, chunk_size=chunk_size,
+            result = pipeline.render(models.acquire(), portrait, segment, chunk_size=chunk_size,
                                      paste_back=paste_back, callback=progress.stage("work"))
         finally:
             models.release()
         seconds = result.frames.shape[0] / result.fps
-        out_audio = t.audio_span(audio, 0.0, seconds) if audio is not None else t.silence(seconds)
+        start_seconds = start_frame / result.fps
+        out_audio = t.audio_span(audio, start_seconds, seconds) if audio is not None else t.silence(seconds)
         return io.NodeOutput(t.as_image(result.frames), t.as_mask(result.mask), out_audio, float(result.fps))
+
+
+def frame_range(motion: Motion, start_frame: int, frame_count: int) -> Motion:
+    """Frames ``start_frame .. start_frame + frame_count - 1`` of ``motion`` (``frame_count`` 0: to the end)."""
+    total = motion.num_frames
+    if start_frame < 0 or frame_count < 0:
+        raise InputError(f"Render: start_frame and frame_count must be >= 0, got {start_frame} and {frame_count}.")
+    if start_frame >= total:
+        raise InputError(f"Render: start_frame {start_frame} is past the end of the motion ({total} frames, "
+                         f"0..{total - 1}). Lower start_frame.")
+    stop = total if frame_count == 0 else min(total, start_frame + frame_count)
+    if start_frame == 0 and stop == total:
+        return motion
+    return Motion(motion.data[start_frame:stop], motion.fps)

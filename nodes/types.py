@@ -64,6 +64,24 @@ def audio_span(audio: dict[str, Any], start_seconds: float, seconds: float) -> d
     return make_audio(part, sr)
 
 
+#: Sample rates FFmpeg's AAC encoder accepts, in Hz.
+AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350)
+
+
+def mono_track(audio: dict[str, Any], seconds: float) -> tuple[torch.Tensor, int]:
+    """AUDIO -> the mono soundtrack of a video exactly ``seconds`` long: ((N,) float32 CPU, rate in Hz).
+
+    Channels are averaged (the video writer stores mono AAC); a rate AAC cannot store is resampled
+    to 16 kHz by the library's resampler.
+    """
+    wav, sr = audio_parts(audio_span(audio, 0.0, seconds))
+    if sr in AAC_RATES:
+        return wav.mean(dim=0), sr
+    from ..kdtalker_core.audio import SAMPLE_RATE, to_mono_16k
+
+    return to_mono_16k(wav, sr), SAMPLE_RATE
+
+
 def silence(seconds: float, sample_rate: int = 16000) -> dict[str, Any]:
     """Mono silent AUDIO of the given length."""
     return make_audio(torch.zeros(1, max(0, int(round(seconds * sample_rate)))), sample_rate)

@@ -19,7 +19,6 @@ from kdtalker_core.golden import run_fixture
 from kdtalker_core.networks.audio_encoder import AudioEncoder, audio_encoder_state_dict
 
 ROOT = Path(__file__).resolve().parent
-GOLDEN = ROOT / "golden"
 SPEECH = ROOT / "data" / "speech_16k_mono.wav"  # espeak-ng speech, 2.0 s, 16 kHz mono int16
 
 
@@ -52,8 +51,8 @@ def _encode_with_pyav(path: Path, samples: np.ndarray, rate: int, codec: str, fm
 
 # ------------------------------------------------------------------------------------------ golden
 @pytest.mark.parametrize("name", ["audio_mel_16k_mono", "audio_mel_44k1_stereo", "audio_encoder"])
-def test_golden_fixture_passes(name: str) -> None:
-    results = run_fixture(GOLDEN / name)
+def test_golden_fixture_passes(golden_dir: Path, name: str) -> None:
+    results = run_fixture(golden_dir / name)
     failed = [r.line() for r in results if not r.ok]
     assert results and not failed, failed
 
@@ -230,10 +229,10 @@ def _random_encoder(seed: int = 0) -> AudioEncoder:
     return enc.eval()
 
 
-def test_encoder_state_dict_matches_wav2lip_layout() -> None:
+def test_encoder_state_dict_matches_wav2lip_layout(golden_dir: Path) -> None:
     import json
 
-    manifest = json.loads((GOLDEN / "manifests" / "wav2lip.pth.json").read_text())["keys"]
+    manifest = json.loads((golden_dir / "manifests" / "wav2lip.pth.json").read_text())["keys"]
     official = {k[len("module.audio_encoder."):]: v["shape"] for k, v in manifest.items()
                 if k.startswith("module.audio_encoder.")}
     ours = {k: list(v.shape) for k, v in AudioEncoder().state_dict().items()}

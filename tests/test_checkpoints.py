@@ -9,6 +9,7 @@ import importlib
 import json
 import os
 import pickle
+import subprocess
 import sys
 import types
 from collections import OrderedDict
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import GOLDEN  # noqa: E402 - the one golden folder (also the golden_dir fixture)
 from safetensors.torch import load_file, save_file
 
 from kdtalker_core import weights as C
@@ -24,7 +26,6 @@ from kdtalker_core.errors import ModelFileError
 from kdtalker_core.golden_checks import manifests as manifests_check
 from kdtalker_core.weights import safe_unpickle
 
-GOLDEN = Path(__file__).resolve().parent / "golden"
 LP_KEYS = {  # a few official-looking keys per LivePortrait base model (small shapes)
     "appearance_feature_extractor": {"first.conv.weight": (4, 3, 3, 3), "first.norm.running_mean": (4,),
                                      "first.norm.num_batches_tracked": ()},
@@ -370,9 +371,9 @@ def test_kdtalker_safetensors_round_trip_with_shared_tensors(tmp_path):
     assert C.load_kdtalker_checkpoint(out).keys() == parts["denoiser"].keys()
 
 
-def test_packaged_norm_is_the_official_norm():
+def test_packaged_norm_is_the_official_norm(golden_dir):
     norm = C.load_norm_stats()
-    ref = load_file(str(GOLDEN / "motion_pipeline" / "norm.safetensors"))
+    ref = load_file(str(golden_dir / "motion_pipeline" / "norm.safetensors"))
     assert set(norm) == set(ref)
     for k, v in ref.items():
         assert norm[k].dtype == np.float32 and np.array_equal(norm[k], v.numpy())
@@ -505,6 +506,78 @@ def test_bundle_preferred_and_loaded(tmp_path, fake_omegaconf):
     assert all(torch.equal(bundle.denoiser[k], v) for k, v in den.items())
 
 
+def test_explicit_folders_and_picked_files(tmp_path, fake_omegaconf):
+    """What the ComfyUI nodes ask for: registered folders first (each with its ckpts/), a picker's
+    relative file name looked up in those folders, one LivePortrait folder chosen."""
+    first, second = tmp_path / "extra" / "kd", tmp_path / "models" / "kdtalker"
+    _write_kdtalker_pth(second / "sub" / "mine.pth", fake_omegaconf)
+    _write_kdtalker_pth(second / "KDTalker.pth", fake_omegaconf)
+    (first / "ckpts").mkdir(parents=True)
+    _wav2lip_file(first / "ckpts" / "wav2lip.pth", _small_audio_layout(), nbt=True)
+    _write_lp_kijai(tmp_path / "lp_a")
+    _write_lp_tree(tmp_path / "lp_b")
+
+    paths = C.find_model_files(tmp_path / "models", kdtalker_dirs=[first], liveportrait_dirs=[tmp_path / "lp_a"])
+    assert paths.kdtalker == second / "KDTalker.pth" and paths.wav2lip == first / "ckpts" / "wav2lip.pth"
+    assert paths.liveportrait_dir == tmp_path / "lp_a"
+    assert paths.liveportrait["motion_extractor"].suffix == ".safetensors"
+    assert len(paths.searched) == len(set(paths.searched)), "a folder given twice is searched once"
+
+    picked = C.find_model_files(tmp_path / "models", kdtalker_dirs=[first, second],
+                                kdtalker_file="sub/mine.pth", liveportrait_dir=tmp_path / "lp_b")
+    assert picked.kdtalker == second / "sub" / "mine.pth"
+    assert picked.liveportrait_dir == tmp_path / "lp_b"
+    assert picked.liveportrait["motion_extractor"] == tmp_path / "lp_b" / "base_models" / "motion_extractor.pth"
+
+    with pytest.raises(ModelFileError) as err:
+        C.find_model_files(tmp_path / "models", kdtalker_dirs=[first], kdtalker_file="gone.pth")
+    msg = str(err.value)
+    assert msg.startswith("model files not found: gone.pth.")
+    assert _listed(msg, first / "gone.pth") and _listed(msg, second / "gone.pth")
+    assert "huggingface.co/ChaolongYang/KDTalker" in msg
+
+    with pytest.raises(ModelFileError) as err:  # the chosen LivePortrait folder is the only one searched
+        C.find_model_files(tmp_path / "models", kdtalker_dirs=[first], liveportrait_dirs=[tmp_path / "lp_a"],
+                           liveportrait_dir=tmp_path / "empty")
+    lines = str(err.value).splitlines()
+    assert f"  {tmp_path / 'empty'}{os.sep}" in lines and f"  {tmp_path / 'lp_a'}{os.sep}" not in lines
+
+
+def test_complete_liveportrait_folders(tmp_path):
+    _write_lp_tree(tmp_path / "root" / "official")
+    _write_lp_kijai(tmp_path / "root" / "LivePortrait_safetensors")
+    (tmp_path / "root" / "partial").mkdir()
+    save_file({"a": torch.zeros(1)}, str(tmp_path / "root" / "partial" / "motion_extractor.safetensors"))
+    folders = C.complete_liveportrait_folders([tmp_path / "root", tmp_path / "missing"])
+    # root itself resolves to root/LivePortrait_safetensors (a search subfolder): listed once, as root
+    assert folders == [tmp_path / "root", tmp_path / "root" / "official"]
+
+
+def test_network_table_covers_every_official_file():
+    assert set(C.CHECKPOINT_FILES) == {"KDTalker.pth", "wav2lip.pth", "stitching_retargeting_module.pth",
+                                       *(f"{n}.pth" for n in C.LIVEPORTRAIT_BASE)}
+    assert [name for _, name in C.CHECKPOINT_FILES["stitching_retargeting_module.pth"]] == list(C.STITCHING_GROUPS)
+    mouth = C.build_network("retarget_mouth", "meta")
+    assert mouth.state_dict()["mlp.0.weight"].shape[1] == 65  # the mouth MLP's input width
+    with pytest.raises(ModelFileError, match="LivePortrait motion extractor"):  # the table's description
+        C.load_network("motion_extractor", {"x": torch.zeros(1)}, device="meta")
+    with pytest.raises(KeyError, match="unknown network"):
+        C.build_network("vae")
+
+
+def test_default_models_dir_and_download_without_torch(monkeypatch, tmp_path):
+    """The default models folder (CLI, download, library: one function) and `download` need no torch."""
+    code = ("import sys; import kdtalker_core.download, kdtalker_core.model_locations as m; "
+            "assert 'torch' not in sys.modules, 'torch imported'; print(m.default_models_dir())")
+    env = {**os.environ, "KDTALKER_MODELS_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(tmp_path)
+    from kdtalker_core import cli
+
+    monkeypatch.setenv("KDTALKER_MODELS_DIR", "")
+    assert cli._default_models_dir() == C.default_models_dir() == Path("models")
+
+
 # ----------------------------------------------------------------------------------------- manifests
 
 
@@ -513,31 +586,27 @@ def _manifest_files() -> list[str]:
 
 
 @pytest.mark.parametrize("manifest", _manifest_files())
-def test_manifest_matches_our_network(manifest):
+def test_manifest_matches_our_network(manifest, golden_dir):
     file_name = manifest[: -len(".json")]
     modules = {"KDTalker.pth": "denoiser", "wav2lip.pth": "audio_encoder",
                "appearance_feature_extractor.pth": "appearance", "motion_extractor.pth": "motion_extractor",
                "warping_module.pth": "warping", "spade_generator.pth": "spade",
                "stitching_retargeting_module.pth": "stitching"}
-    try:
-        importlib.import_module(f"kdtalker_core.networks.{modules[file_name]}")
-    except ModuleNotFoundError:
-        pytest.skip(f"kdtalker_core.networks.{modules[file_name]} not written yet")
-    result = manifests_check.check_manifest("manifests", GOLDEN / "manifests" / manifest)
+    importlib.import_module(f"kdtalker_core.networks.{modules[file_name]}")
+    result = manifests_check.check_manifest("manifests", golden_dir / "manifests" / manifest)
     assert result.ok, result.note
     assert result.max_abs_err == 0.0
 
 
-def test_manifest_checker_names_first_mismatch(tmp_path):
-    pytest.importorskip("kdtalker_core.networks.audio_encoder")
-    data = json.loads((GOLDEN / "manifests" / "wav2lip.pth.json").read_text())
+def test_manifest_checker_names_first_mismatch(tmp_path, golden_dir):
+    data = json.loads((golden_dir / "manifests" / "wav2lip.pth.json").read_text())
     key = "module.audio_encoder.3.conv_block.0.weight"
     data["keys"][key]["shape"] = [1, 2, 3, 4]
     (tmp_path / "wav2lip.pth.json").write_text(json.dumps(data))
     result = manifests_check.check_manifest("manifests", tmp_path / "wav2lip.pth.json")
     assert not result.ok and key in result.note and "(1, 2, 3, 4)" in result.note
 
-    data = json.loads((GOLDEN / "manifests" / "wav2lip.pth.json").read_text())
+    data = json.loads((golden_dir / "manifests" / "wav2lip.pth.json").read_text())
     items = list(data["keys"].items())
     items[0], items[1] = items[1], items[0]
     data["keys"] = dict(items)

@@ -15,11 +15,13 @@ from kdtalker_core.attention import (
     get_attention_backend,
     set_attention_backend,
 )
+from kdtalker_core.backends import mkl_linear
 from kdtalker_core.errors import InputError
 from kdtalker_core.golden import run_fixture
 from kdtalker_core.golden_checks._common import load_fixture
 from kdtalker_core.golden_checks.denoiser import build_denoiser
 from kdtalker_core.networks.denoiser import MotionDenoiser
+from kdtalker_core.networks.denoiser_blocks import apply_rotary
 from kdtalker_core.sampling import ddim_timesteps, linear_alphas_cumprod, sample_ddim
 
 
@@ -83,6 +85,96 @@ def test_each_layer_owns_rotary_freqs_and_loads_them_strictly(small_model: Motio
     assert not torch.equal(small_model.state_dict()[keys[0]], state[keys[1]])
 
 
+def _randomised(model: MotionDenoiser, seed: int) -> MotionDenoiser:
+    """``model`` with every parameter redrawn (norm affines and biases too), so no term is trivial.
+
+    Matrices get std ``fan_in ** -0.5`` so activations stay O(1) and float32 rounding stays ~1e-6.
+    """
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    for key, value in model.state_dict().items():
+        if not value.is_floating_point() or key.endswith(("freqs", "freq_bands")):
+            state[key] = value
+            continue
+        std = value.shape[-1] ** -0.5 if value.dim() == 2 else 0.1
+        state[key] = torch.randn(value.shape, generator=g) * std + (1.0 if key.endswith("gamma") else 0.0)
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def test_reference_forward_reproduces_golden_and_fast_path(small_model, small_fixture) -> None:
+    x, t, c = (small_fixture.inputs[k] for k in ("x", "timesteps", "context"))
+    reference = small_model.reference_forward(x, t, c)
+    torch.testing.assert_close(reference, small_fixture.outputs["out"], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(small_model(x, t, c), reference, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["math", "sdpa"])
+def test_fast_path_equals_reference_on_random_config(backend: str) -> None:
+    # odd rotary_dim (rotates 2 channels), 3 heads of 32, other widths than the official ones
+    model = _randomised(MotionDenoiser(dim=96, num_layers=2, heads=3, rotary_dim=3, in_channels=11,
+                                       out_channels=5, context_dim=24, timestep_embed_dim=40,
+                                       num_buckets=8, max_distance=16, attention_backend=backend), seed=3)
+    g = torch.Generator().manual_seed(4)
+    x, ctx = torch.randn(2, 21, 11, generator=g), torch.randn(2, 21, 24, generator=g)
+    t = torch.tensor([3, 911])
+    reference = model.reference_forward(x, t, ctx)
+    assert reference.shape == (2, 21, 5)
+    torch.testing.assert_close(model(x, t, ctx), reference, atol=1e-5, rtol=1e-5)
+    # the second sample's output must depend on its own timestep (time conditioning is per sample)
+    assert not torch.allclose(reference[1], model.reference_forward(x, torch.tensor([3, 3]), ctx)[1], atol=1e-4)
+
+
+def test_window_eps_fn_equals_reference_with_and_without_mkl_packing() -> None:
+    model = _randomised(MotionDenoiser(dim=128, num_layers=2), seed=5)
+    ori, ref, aud, x_t = _window_inputs(frames=10)
+    t = torch.tensor([250])
+    tokens = torch.cat([ori[:, None], ref[:, None], x_t], dim=1)
+    context = torch.cat([torch.zeros(1, 2, 512), aud], dim=1)
+    expected = model.reference_forward(tokens, t, context)[:, 2:]
+    packed = model.window_eps_fn(ori, ref, aud)(x_t, t)
+    with mkl_linear.force_fallback():
+        model.invalidate_caches()
+        assert model._get_plan().packed_for(12) == [(None,) * 6] * 2
+        plain = model.window_eps_fn(ori, ref, aud)(x_t, t)
+    torch.testing.assert_close(packed, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(plain, expected, atol=1e-5, rtol=1e-5)
+    if mkl_linear.available():
+        torch.testing.assert_close(packed, plain, atol=0, rtol=0)  # MKL's packed GEMM is F.linear's GEMM
+
+
+def test_mkl_linear_packed_and_fallback_agree() -> None:
+    g = torch.Generator().manual_seed(6)
+    w, b, x = torch.randn(48, 32, generator=g), torch.randn(48, generator=g), torch.randn(2, 33, 32, generator=g)
+    expected = torch.nn.functional.linear(x, w, b)
+    with mkl_linear.force_fallback():
+        assert not mkl_linear.available()
+        assert mkl_linear.pack_weight(w, 66) is None
+        torch.testing.assert_close(mkl_linear.linear(x, w, b), expected, atol=0, rtol=0)
+    assert mkl_linear.pack_weight(w.bfloat16(), 66) is None  # only float32 weights are packed
+    packed = mkl_linear.pack_weight(w, 66)
+    if not mkl_linear.available():
+        assert packed is None
+        pytest.skip("this PyTorch build has no MKL packed linear")
+    assert packed is not None
+    torch.testing.assert_close(mkl_linear.linear(x, w, b, packed, 66), expected, atol=0, rtol=0)
+    with mkl_linear.force_fallback():  # a packed weight made earlier is ignored under the fallback
+        torch.testing.assert_close(mkl_linear.linear(x, w, b, packed, 66), expected, atol=0, rtol=0)
+
+
+def test_apply_rotary_turns_channel_pairs_by_position() -> None:
+    x = torch.zeros(1, 4, 6)
+    x[..., 0] = 1.0  # pair 0 = (1, 0), pair 1 = (0, 0), channels 4.. untouched
+    x[..., 5] = 7.0
+    freqs = torch.tensor([0.5, 0.25])
+    out = apply_rotary(x, freqs)
+    angles = torch.arange(4.0) * 0.5
+    torch.testing.assert_close(out[0, :, 0], angles.cos())
+    torch.testing.assert_close(out[0, :, 1], angles.sin())
+    assert torch.equal(out[..., 2:4], torch.zeros(1, 4, 2)) and torch.equal(out[..., 5], x[..., 5])
+    assert torch.equal(apply_rotary(x, torch.zeros(0)), x)
+
+
 def test_sdpa_and_math_backends_agree_on_small_model(small_model, small_fixture) -> None:
     x, t, c = (small_fixture.inputs[k] for k in ("x", "timesteps", "context"))
     small_model.attention_backend = "sdpa"
@@ -127,9 +219,10 @@ def test_backend_selection_and_errors() -> None:
         assert get_attention_backend() == "math"
         assert attn_mod.resolve_backend("auto", torch.device("cpu")) == "math"
         assert attn_mod.resolve_backend("sdpa", torch.device("cpu")) == "sdpa"
+        set_attention_backend("auto")
+        assert attn_mod.resolve_backend("auto", torch.device("cpu")) == "sdpa"  # xformers is CUDA-only
     finally:
         set_attention_backend(previous)
-    assert attn_mod.resolve_backend("auto", torch.device("cpu")) in ("sdpa", "math")
     if not attn_mod.xformers_installed():
         with pytest.raises(InputError, match="xformers"):
             attn_mod.resolve_backend("xformers", torch.device("cpu"))

@@ -4,19 +4,19 @@ the OpenCV-exact resize, and paste-back."""
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
 from kdtalker_core import face as fm
+from kdtalker_core import paste
 from kdtalker_core.errors import FaceError, InputError
 from kdtalker_core.golden import run_fixture
 from kdtalker_core.imresize import resize_linear_u8
 
 skdata = pytest.importorskip("skimage.data")
-
-FIXTURE = Path(__file__).parent / "golden" / "crop_astronaut"
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +37,8 @@ def official(astronaut: np.ndarray, astronaut_faces: list[fm.FaceDetection]) -> 
 # ---------------------------------------------------------------- golden fixture
 
 
-def test_crop_fixture_passes() -> None:
-    results = run_fixture(FIXTURE)
+def test_crop_fixture_passes(golden_dir: Path) -> None:
+    results = run_fixture(golden_dir / "crop_astronaut")
     assert {r.output for r in results} >= {"landmarks", "det_box_ltrb", "rsize", "crop_box", "quad",
                                            "quad_int", "cropped", "cropped_256"}
     assert all(r.ok for r in results), [r.line() for r in results if not r.ok]
@@ -126,8 +126,8 @@ def test_large_photo_finds_the_face(astronaut: np.ndarray, astronaut_faces) -> N
 
 
 def test_models_are_loaded_once() -> None:
-    assert fm._dlib_models() is not None
-    assert fm._dlib_models()[1] is fm._dlib_models()[1]
+    detector, predictor = fm._dlib_models()
+    assert fm._dlib_models()[0] is detector and fm._dlib_models()[1] is predictor
     assert fm.landmark_model_path().name == "shape_predictor_68_face_landmarks.dat"
 
 
@@ -209,11 +209,11 @@ def test_resize_linear_rules() -> None:
 def test_paste_back_keeps_the_background_exact(astronaut: np.ndarray, astronaut_faces, mode: str) -> None:
     crop = fm.crop_portrait(astronaut, face=astronaut_faces[0], mode=mode)
     photo = torch.from_numpy(astronaut).float() / 255.0
-    mask = fm.make_paste_mask(crop, photo.shape[:2], feather=0.1)
+    mask = paste.make_paste_mask(crop, photo.shape[:2], feather=0.1)
     assert mask.shape == (512, 512) and float(mask.min()) == 0.0 and float(mask.max()) == 1.0
     colors = torch.tensor([[0.9, 0.1, 0.2], [0.1, 0.8, 0.3], [0.2, 0.3, 0.9]])
     frames = colors.view(3, 1, 1, 3).expand(3, 512, 512, 3)
-    out = fm.paste_back(frames, photo, crop, mask)
+    out = paste.paste_back(frames, photo, crop, mask)
     assert out.shape == (3, 512, 512, 3)
     outside = mask == 0
     assert outside.float().mean() > 0.8
@@ -232,7 +232,7 @@ def test_paste_back_places_content(astronaut: np.ndarray, official: fm.PortraitC
     ones = torch.ones(512, 512)
     frames = torch.zeros(1, 512, 512, 3)
     frames[0, 300:310, 150:160] = 1.0  # a white square around crop (u, v) = (0.303, 0.596)
-    out = fm.paste_back(frames, torch.zeros_like(photo), official, ones)
+    out = paste.paste_back(frames, torch.zeros_like(photo), official, ones)
     ys, xs = torch.nonzero(out[0, :, :, 0] > 0.5, as_tuple=True)
     expect = official.crop_to_photo @ np.array([155 / 512, 305 / 512, 1.0])
     assert abs(xs.float().mean().item() + 0.5 - expect[0]) < 1.0
@@ -240,8 +240,22 @@ def test_paste_back_places_content(astronaut: np.ndarray, official: fm.PortraitC
     # pasting the (upsampled) source itself reproduces the photo inside the crop
     src = torch.from_numpy(official.source).float().permute(2, 0, 1)[None] / 255.0
     frame = torch.nn.functional.interpolate(src, size=(512, 512), mode="bilinear").permute(0, 2, 3, 1)
-    mask = fm.make_paste_mask(official, photo.shape[:2])
-    back = fm.paste_back(frame, photo, official, mask)
+    mask = paste.make_paste_mask(official, photo.shape[:2])
+    back = paste.paste_back(frame, photo, official, mask)
     assert (back[0] - photo).abs().amax(-1)[mask > 0].mean() < 0.03
     with pytest.raises(InputError):
-        fm.paste_back(frames, photo, official, torch.ones(10, 10))
+        paste.paste_back(frames, photo, official, torch.ones(10, 10))
+
+
+def test_paste_needs_only_a_crop_placement() -> None:
+    """paste works on any object with ``photo_hw`` and ``crop_to_photo`` (it does not import face)."""
+    placement = SimpleNamespace(photo_hw=(40, 60), crop_to_photo=np.array([[20.0, 0.0, 10.0], [0.0, 20.0, 5.0]]))
+    assert paste.paste_geometry(placement, (40, 60))[1] == (10, 5, 30, 25)
+    assert paste.paste_geometry(placement, (80, 120))[1] == (20, 10, 60, 50)  # a 2x photo: 2x footprint
+    hard = paste.make_paste_mask(placement, feather=0.0)
+    assert hard.shape == (40, 60) and int(hard.sum()) == 20 * 20 and bool((hard[5:25, 10:30] == 1).all())
+    out = paste.paste_back(torch.ones(2, 16, 16, 3), torch.zeros(40, 60, 3), placement, hard)
+    torch.testing.assert_close(out[:, 5:25, 10:30], torch.ones(2, 20, 20, 3))  # bilinear weights sum to ~1
+    out[:, 5:25, 10:30] = 0
+    assert not out.any()  # nothing outside the footprint
+    assert fm.paste_back is paste.paste_back and fm.make_paste_mask is paste.make_paste_mask  # re-exported

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from kdtalker_core.golden import run_fixture
+from kdtalker_core.golden_checks.camera import headpose_pred_to_degree_legacy
 from kdtalker_core.keypoints import (
     get_kp_info,
     get_rotation_matrix,
     headpose_pred_to_degree,
-    headpose_pred_to_degree_legacy,
     transform_keypoint,
 )
 from kdtalker_core.networks.motion_extractor import MotionExtractor
@@ -25,15 +25,12 @@ from kdtalker_core.networks.stitching import (
     stitch_delta,
 )
 
-GOLDEN = Path(__file__).parent / "golden"
-MANIFESTS = GOLDEN / "manifests"
-
 
 @pytest.mark.parametrize(
     "fixture", ["lp_motion_extractor", "lp_stitching_retargeting", "lp_camera_keypoints"]
 )
-def test_golden_fixture_passes(fixture: str) -> None:
-    results = run_fixture(GOLDEN / fixture)
+def test_golden_fixture_passes(golden_dir: Path, fixture: str) -> None:
+    results = run_fixture(golden_dir / fixture)
     assert len(results) >= 4
     failed = [r.line() for r in results if not r.ok]
     assert not failed, "\n".join(failed)
@@ -103,16 +100,16 @@ def test_transform_keypoint_formula_and_no_mutation() -> None:
     torch.testing.assert_close(transform_keypoint(info), x, atol=0, rtol=0)
 
 
-def test_full_size_motion_extractor_matches_manifest() -> None:
-    manifest = json.loads((MANIFESTS / "motion_extractor.pth.json").read_text())["keys"]
+def test_full_size_motion_extractor_matches_manifest(golden_dir: Path) -> None:
+    manifest = json.loads((golden_dir / "manifests" / "motion_extractor.pth.json").read_text())["keys"]
     with torch.device("meta"):
         sd = MotionExtractor().state_dict()
     assert list(sd) == list(manifest)
     assert {k: list(v.shape) for k, v in sd.items()} == {k: v["shape"] for k, v in manifest.items()}
 
 
-def test_stitching_groups_match_manifest() -> None:
-    manifest = json.loads((MANIFESTS / "stitching_retargeting_module.pth.json").read_text())["keys"]
+def test_stitching_groups_match_manifest(golden_dir: Path) -> None:
+    manifest = json.loads((golden_dir / "manifests" / "stitching_retargeting_module.pth.json").read_text())["keys"]
     expected: dict[str, dict[str, list[int]]] = {}
     for key, entry in manifest.items():
         group, _, stored = key.partition("/")
@@ -158,7 +155,11 @@ def test_get_kp_info_small_model_shapes_and_reduced_precision() -> None:
     assert shapes == {"pitch": (2, 1), "yaw": (2, 1), "roll": (2, 1), "t": (2, 3), "exp": (2, 63),
                       "scale": (2, 1), "kp": (2, 63)}
     assert all(v.dtype == torch.float32 for v in info.values())
-    assert all(float(v.abs().max()) <= 97.5 for k, v in info.items() if k in ("pitch", "yaw", "roll"))
+    with torch.no_grad():
+        raw = model(image)
+    for angle in ("pitch", "yaw", "roll"):  # degrees = softmax expectation of the 66 bins * 3 - 97.5
+        expected = (torch.softmax(raw[angle], dim=1) * torch.arange(66.0)).sum(dim=1, keepdim=True) * 3 - 97.5
+        torch.testing.assert_close(info[angle], expected, atol=1e-4, rtol=0)
     # a bf16 extractor still returns float32 kp_info close to the fp32 one
     info_bf16 = get_kp_info(model.to(torch.bfloat16), image)
     assert all(v.dtype == torch.float32 for v in info_bf16.values())

@@ -10,6 +10,7 @@ full-size weights written in the official file layout.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib.util
 import json
 import sys
@@ -36,7 +37,7 @@ WORKFLOWS = ROOT / "workflows"
 SPEECH = ROOT / "tests" / "data" / "speech_16k_mono.wav"
 PORTRAIT = ROOT / "kdtalker_core" / "assets" / "sample_portrait.jpg"
 OUR_TYPES = {"KDTALKER_MODELS", "KDTALKER_PORTRAIT", "KDTALKER_AUDIO_FEATURES", "KDTALKER_MOTION"}
-CORE_TYPES = {"IMAGE", "MASK", "AUDIO", "FLOAT", "INT", "BOOLEAN", "COMBO", "STRING"}
+CORE_TYPES = {"IMAGE", "MASK", "AUDIO", "FLOAT", "INT", "BOOLEAN", "COMBO", "STRING", "VIDEO"}
 WIDGET_TYPES = {"INT", "FLOAT", "BOOLEAN", "COMBO", "STRING"}
 
 # Sockets of the ComfyUI core / VideoHelperSuite nodes the example workflows use (from their source:
@@ -49,6 +50,7 @@ FOREIGN_NODES: dict[str, tuple[dict[str, set[str]], list[str]]] = {
     "CreateVideo": ({"images": {"IMAGE"}, "fps": {"FLOAT"}, "audio": {"AUDIO"}, "bit_depth": {"INT"}},
                     ["VIDEO"]),
     "SaveVideo": ({"video": {"VIDEO"}}, ["VIDEO"]),
+    "ImageBatch": ({"image1": {"IMAGE"}, "image2": {"IMAGE"}}, ["IMAGE"]),
     "VHS_VideoCombine": ({"images": {"IMAGE", "LATENT"}, "frame_rate": {"FLOAT", "INT"}, "audio": {"AUDIO"},
                           "meta_batch": {"VHS_BatchManager"}, "vae": {"VAE"}}, ["VHS_FILENAMES"]),
 }
@@ -136,6 +138,31 @@ def test_entrypoint_registers_every_node_with_a_valid_schema(nodes):
         for out in schema.outputs:
             assert out.io_type in OUR_TYPES | CORE_TYPES, (node_id, out.id, out.io_type)
             assert out.tooltip
+
+
+def test_widgets_use_the_library_defaults_and_menus(package, nodes):
+    """Node widgets read kdtalker_core.options: the same defaults and menus as the CLI and library."""
+    options = importlib.import_module(f"{package[0].__name__}.kdtalker_core.options")  # the nodes' copy
+    defaults = dataclasses.asdict(options.DEFAULTS)
+    aliases = {"order": "face_order"}
+    menus = {"precision": options.PRECISIONS, "attention": options.ATTENTION_BACKENDS, "device": options.DEVICES,
+             "order": options.FACE_ORDERS, "crop_mode": options.CROP_MODES}
+    checked = set()
+    for node_id, cls in nodes.items():
+        for inp in cls.GET_SCHEMA().inputs:
+            key = aliases.get(inp.id, inp.id)
+            if key in defaults and inp.io_type in WIDGET_TYPES:
+                expected = 0 if defaults[key] is None else defaults[key]  # a widget has no None: 0 = unset
+                assert inp.default == expected, (node_id, inp.id, inp.default)
+                checked.add(key)
+            if inp.id in menus and inp.io_type == "COMBO":
+                assert tuple(inp.options) == tuple(menus[inp.id]), (node_id, inp.id)
+                checked.add(inp.id)
+    assert {"seed", "steps", "eta", "smoothing", "fps", "chunk_size", "paste_back", "face_index", "face_order",
+            "crop_mode", "precision", "attention", "device"} <= checked
+    load = {i.id: i.default for i in nodes["KDTalkerLoadModels"].GET_SCHEMA().inputs}
+    assert (load["precision"], load["attention"], load["device"]) == (
+        options.MODEL_DEFAULTS.precision, options.MODEL_DEFAULTS.attention, options.MODEL_DEFAULTS.device)
 
 
 def test_custom_types_are_ours_and_consistent(nodes):
@@ -276,6 +303,9 @@ def _widget_values(schema, values: list) -> dict[str, Any]:
     """widgets_values (UI order, control_after_generate adds one value) -> {input id: value}."""
     out, k = {}, 0
     for inp in _widget_inputs(schema):
+        if k == len(values) and inp.optional:  # a widget added after the workflow was saved: its default
+            out[inp.id] = inp.default
+            continue
         out[inp.id] = values[k]
         k += 2 if getattr(inp, "control_after_generate", None) else 1
     assert k == len(values), f"{schema.node_id}: {len(values)} widget values for {k} widgets"
@@ -286,7 +316,8 @@ def _load_workflow(name: str) -> dict:
     return json.loads((WORKFLOWS / name).read_text())
 
 
-@pytest.mark.parametrize("name", ["kdtalker_basic.json", "kdtalker_vhs.json", "kdtalker_step_by_step.json"])
+@pytest.mark.parametrize("name", ["kdtalker_basic.json", "kdtalker_vhs.json", "kdtalker_step_by_step.json",
+                                  "kdtalker_render_video.json", "kdtalker_segments.json"])
 def test_workflow_nodes_and_links_are_valid(nodes, name):
     wf = _load_workflow(name)
     assert wf["version"] == 0.4
@@ -329,6 +360,11 @@ def test_workflow_nodes_and_links_are_valid(nodes, name):
                 "SaveVideo"} <= types
     elif name == "kdtalker_vhs.json":
         assert {"LoadImage", "LoadAudio", "KDTalker", "VHS_VideoCombine"} <= types
+    elif name == "kdtalker_render_video.json":
+        assert {"LoadImage", "LoadAudio", "KDTalkerSampleMotion", "KDTalkerRenderVideo"} <= types
+    elif name == "kdtalker_segments.json":
+        renders = [n for n in wf["nodes"] if n["type"] == "KDTalkerRender"]
+        assert len(renders) == 2 and {"ImageBatch", "CreateVideo", "SaveVideo"} <= types
     else:
         assert {"KDTalkerPreparePortrait", "KDTalkerEncodeAudio", "KDTalkerSampleMotion", "KDTalkerRender",
                 "KDTalkerScaleMotion", "CreateVideo", "SaveVideo"} <= types

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from kdtalker_core import cli, pipeline
+from kdtalker_core import cli, options, pipeline, precision
 from kdtalker_core.audio import load_audio_file
-from kdtalker_core.video import probe_mp4
+from kdtalker_core.errors import AudioError, InputError
+from kdtalker_core.video import Mp4Writer, probe_mp4
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEECH = ROOT / "tests" / "data" / "speech_16k_mono.wav"
@@ -76,8 +77,92 @@ def test_bad_inputs_fail_before_loading_models(tmp_path, capsys, sample_portrait
 
     rc, _, err = _run_cli(["generate", "--models-dir", str(tmp_path), "--image", str(sample_portrait),
                            "--audio", str(SPEECH), "--max-seconds", "-1", "--out", str(tmp_path / "d.mp4")], capsys)
-    assert rc == 2 and "--max-seconds" in err
+    assert rc == 2 and "duration_seconds" in err and "-1" in err
     assert not any(p.suffix in (".mp4", ".avi") for p in tmp_path.iterdir())
+
+
+def _generate_parser():
+    sub = next(a for a in cli.build_parser()._actions if a.dest == "command")
+    return sub.choices["generate"]
+
+
+def test_cli_and_library_share_one_set_of_defaults_and_choices():
+    """The CLI's defaults and menus, and the library's keyword defaults, are options.py's."""
+    args = cli.build_parser().parse_args(["generate"])
+    assert options.GenerateOptions.from_mapping(vars(args)) == options.DEFAULTS
+    assert (args.precision, args.attention, args.device) == (
+        options.MODEL_DEFAULTS.precision, options.MODEL_DEFAULTS.attention, options.MODEL_DEFAULTS.device)
+    assert args.precision == "auto"
+    choices = {a.dest: a.choices for a in _generate_parser()._actions if a.choices}
+    assert tuple(choices["precision"]) == precision.PRECISION_CHOICES
+    assert tuple(choices["attention"]) == options.ATTENTION_BACKENDS
+    assert tuple(choices["face_order"]) == options.FACE_ORDERS
+    assert tuple(choices["crop_mode"]) == options.CROP_MODES
+    # the old flag spellings still parse
+    old = cli.build_parser().parse_args(["generate", "--max-seconds", "2", "--no-paste-back", "--chunk-size", "3"])
+    assert (old.duration_seconds, old.paste_back, old.chunk_size) == (2.0, False, 3)
+
+    import inspect
+
+    def default(fn, name):
+        return inspect.signature(fn).parameters[name].default
+
+    d = options.DEFAULTS
+    assert [default(pipeline.sample_motion, k) for k in ("seed", "steps", "eta", "smoothing")] == [
+        d.seed, d.steps, d.eta, d.smoothing]
+    assert default(pipeline.render, "chunk_size") == default(pipeline.iter_render, "chunk_size") == d.chunk_size
+    assert default(pipeline.encode_audio, "fps") == d.fps
+    assert default(pipeline.prepare_portrait, "order") == d.face_order
+    assert default(pipeline.load_models, "precision") == "auto"
+    assert not hasattr(pipeline, "resolve_precision") or pipeline.resolve_precision is precision.resolve_precision
+
+
+def test_options_are_validated_with_the_option_named():
+    with pytest.raises(InputError, match="steps"):
+        options.GenerateOptions(steps=0)
+    with pytest.raises(InputError, match="face_order"):
+        options.DEFAULTS.replace(face_order="random")
+    with pytest.raises(InputError, match="duration_seconds"):
+        options.GenerateOptions(duration_seconds=0)
+
+
+def test_check_inputs_trims_speech_once_and_fails_without_models(sample_portrait):
+    """start/duration are applied once, in 16 kHz samples; too little speech fails at once."""
+    waveform, sr = load_audio_file(SPEECH)
+    job = options.GenerateOptions(start_seconds=0.2, duration_seconds=0.5)
+    inputs = pipeline.read_inputs(sample_portrait, SPEECH, job)
+    assert inputs.speech.shape == (8000,) and inputs.num_frames == 12
+    full = pipeline.trim_speech(waveform, sr)
+    torch.testing.assert_close(inputs.speech, full[3200:11200])
+    assert inputs.photo.shape == (512, 512, 3) and inputs.crop.source.shape == (256, 256, 3)
+    with pytest.raises(AudioError, match="shorter than one video frame"):
+        pipeline.check_inputs(inputs.photo, waveform, sr, job.replace(duration_seconds=0.02))
+    with pytest.raises(AudioError, match="past the end"):
+        pipeline.check_inputs(inputs.photo, waveform, sr, job.replace(start_seconds=1e4))
+
+
+def test_mp4_writer_streams_chunks_and_appears_only_when_finished(tmp_path, sample_portrait):
+    """The CLI's sink: chunks in, an mp4 with the speech out; nothing at the path before finish or
+    after abort; odd frame sizes are padded to even."""
+    import imageio.v3 as iio
+
+    photo = torch.from_numpy(iio.imread(sample_portrait)[:301, :255].copy()).float() / 255
+    speech, _ = load_audio_file(SPEECH)
+    out = tmp_path / "clip.mp4"
+    writer = Mp4Writer(out)
+    writer.start(25.0, speech[0, : 5 * 640], 16000)
+    for n in (2, 3):
+        writer.write(photo[None].expand(n, -1, -1, -1))
+    assert not out.exists()
+    assert writer.finish() == 5 and [p.name for p in tmp_path.iterdir()] == ["clip.mp4"]
+    info = probe_mp4(out)
+    assert info["frames"] == 5 and info["fps"] == 25.0 and abs(info["audio_seconds"] - 0.2) < 0.07
+
+    aborted = Mp4Writer(tmp_path / "aborted.mp4")
+    aborted.start(25.0)
+    aborted.write(photo[None])
+    aborted.abort()
+    assert [p.name for p in tmp_path.iterdir()] == ["clip.mp4"]
 
 
 def test_doctor_reports_found_and_missing(tmp_path, capsys, official_models_dir):
@@ -125,6 +210,59 @@ def test_photo_to_pasted_frames_with_one_frame_of_audio(models, sample_portrait)
     assert raw.shape == (1, 512, 512, 3)
 
 
+def _stage_log() -> tuple[list[tuple[str, int, int]], pipeline.StageCallback]:
+    log: list[tuple[str, int, int]] = []
+    return log, lambda stage, done, total: log.append((stage, done, total))
+
+
+def _check_stage_log(log: list[tuple[str, int, int]]) -> None:
+    """Every stage, in order, each one contiguous: starts at 0, never goes back, ends at done == total."""
+    order = [stage for i, (stage, _, _) in enumerate(log) if i == 0 or log[i - 1][0] != stage]
+    assert order == list(pipeline.STAGES), order
+    for stage in pipeline.STAGES:
+        reports = [(d, t) for s, d, t in log if s == stage]
+        assert reports[0][0] == 0 and reports[-1][0] == reports[-1][1] > 0, (stage, reports)
+        assert len({t for _, t in reports}) == 1, (stage, reports)
+        assert [d for d, _ in reports] == sorted(d for d, _ in reports), (stage, reports)
+
+
+@pytest.mark.slow
+def test_generate_reports_every_stage_and_streams_to_a_sink(models, sample_portrait, tmp_path):
+    """One entry point: in memory (frames returned) or streamed into the mp4 writer (frames=None);
+    the stage callback covers audio, portrait, motion, render and encode, in order; a cancel from
+    the callback leaves no file behind."""
+    import imageio.v3 as iio
+
+    photo = iio.imread(sample_portrait)
+    waveform, sr = load_audio_file(SPEECH)
+    job = options.GenerateOptions(steps=2, chunk_size=1, start_seconds=0.5)
+
+    log, on_stage = _stage_log()
+    result = pipeline.generate(models, photo, waveform, sr, job.replace(duration_seconds=0.04), on_stage=on_stage)
+    _check_stage_log(log)
+    assert result.frames.shape == (1, 512, 512, 3) and result.num_frames == 1 and result.fps == 25.0
+    assert result.mask.shape == (512, 512) and result.speech.shape == (640,)
+    assert result.precision == "fp32" and set(result.seconds) == set(pipeline.STAGES)
+
+    log, on_stage = _stage_log()
+    out = tmp_path / "talk.mp4"
+    two_frames = job.replace(duration_seconds=0.08)
+    streamed = pipeline.generate(models, photo, waveform, sr, two_frames, on_stage=on_stage, sink=Mp4Writer(out))
+    _check_stage_log(log)
+    assert ("motion", 1, 2) in log and [(d, t) for s, d, t in log if s == "render"] == [(0, 2), (1, 2), (2, 2)]
+    assert streamed.frames is None and streamed.num_frames == 2 and streamed.speech.shape == (1280,)
+    assert probe_mp4(out)["frames"] == 2
+
+    def cancel(stage, done, total):
+        if stage == "render" and done > 0:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.generate(models, photo, waveform, sr, two_frames, on_stage=cancel,
+                          sink=Mp4Writer(tmp_path / "cancelled.mp4"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["talk.mp4"], "a cancelled sink leaves nothing"
+
+
 @pytest.mark.slow
 def test_cli_generate_writes_playable_mp4_with_speech(official_models_dir, tmp_path, capsys, sample_portrait):
     out = tmp_path / "talk.mp4"
@@ -133,6 +271,8 @@ def test_cli_generate_writes_playable_mp4_with_speech(official_models_dir, tmp_p
                                 "--steps", "2", "--chunk-size", "2", "--out", str(out)], capsys)
     assert rc == 0, err
     assert "3 frames" in stdout
+    assert f"precision {precision.describe('auto', 'cpu')}" in stdout, "the summary says what auto chose"
+    assert [line.split()[0] for line in err.replace("\r", "\n").splitlines() if line.strip()][-1] == "encode"
     info = probe_mp4(out)
     assert info["frames"] == 3 and info["fps"] == 25.0
     assert abs(info["audio_seconds"] - 0.12) < 0.07  # AAC pads to whole 1024-sample frames

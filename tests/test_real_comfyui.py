@@ -325,11 +325,16 @@ def ui_to_api(wf: dict, object_info: dict) -> dict[str, dict]:
     return prompt
 
 
-#: Per workflow: node type -> input overrides that keep the CPU run short (3 frames, 2 DDIM steps).
+#: Per workflow: node type (or "#<node id>") -> input overrides that keep the CPU run short (3 frames,
+#: 2 DDIM steps).
 RUNS = {
     "kdtalker_basic.json": {"KDTalker": {"steps": 2}},
     "kdtalker_step_by_step.json": {"KDTalkerSampleMotion": {"steps": 2}},
     "kdtalker_vhs.json": {"KDTalker": {"steps": 2}},
+    "kdtalker_render_video.json": {"KDTalkerSampleMotion": {"steps": 2}},
+    # The two Render segments (nodes 7 and 8): frames 0-1 and 2-end of the 3-frame clip.
+    "kdtalker_segments.json": {"KDTalkerSampleMotion": {"steps": 2}, "#7": {"start_frame": 0, "frame_count": 2},
+                               "#8": {"start_frame": 2, "frame_count": 0}},
 }
 
 
@@ -376,8 +381,9 @@ def test_workflow_runs_over_http_and_saves_a_talking_video(server, object_info, 
         pytest.skip(f"{name} needs {sorted(missing)}: link that node package into the test's custom_nodes "
                     "with KDTALKER_TEST_EXTRA_NODES")
     prompt = ui_to_api(wf, object_info)
-    for node in prompt.values():
-        for key, value in RUNS[name].get(node["class_type"], {}).items():
+    for node_id, node in prompt.items():
+        overrides = {**RUNS[name].get(node["class_type"], {}), **RUNS[name].get(f"#{node_id}", {})}
+        for key, value in overrides.items():
             assert key in node["inputs"], (node["class_type"], key)
             node["inputs"][key] = value
     entry = _run_prompt(server, prompt)

@@ -9,14 +9,22 @@ from typing import Any
 import torch
 
 from ..golden_checks._common import CheckResult, compare_outputs, load_fixture
-from ..keypoints import (
-    get_rotation_matrix,
-    headpose_pred_to_degree,
-    headpose_pred_to_degree_legacy,
-    transform_keypoint,
-)
+from ..keypoints import NUM_POSE_BINS, get_rotation_matrix, headpose_pred_to_degree, transform_keypoint
 
 _ANGLES = ("pitch", "yaw", "roll")
+
+
+def headpose_pred_to_degree_legacy(pred: torch.Tensor) -> torch.Tensor:
+    """KDTalker inference.py's own, never-called conversion: ``pred (B,66)`` logits -> ``(B,)`` degrees.
+
+    ``E[bin index] * 3 - 99`` under a softmax over the bins (the pipeline's
+    :func:`~kdtalker_core.keypoints.headpose_pred_to_degree` subtracts 97.5). Only this checker needs
+    it, to reproduce the fixture's ``degree_pitch_inference_py_variant``; it requires 2-D logits.
+    """
+    if pred.ndim != 2 or pred.shape[1] != NUM_POSE_BINS:
+        raise ValueError(f"expected (B,{NUM_POSE_BINS}) logits, got shape {tuple(pred.shape)}")
+    bins = torch.arange(NUM_POSE_BINS, device=pred.device, dtype=pred.dtype)
+    return (torch.softmax(pred, dim=1) * bins).sum(dim=1) * 3.0 - 99.0
 
 
 def _actual_outputs(x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

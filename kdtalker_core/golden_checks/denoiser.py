@@ -1,4 +1,8 @@
-"""Golden checker for kind ``denoiser``: one forward of the motion denoiser plus its intermediates."""
+"""Golden checker for kind ``denoiser``: one forward of the motion denoiser plus its intermediates.
+
+``out`` is checked for the fused fast path (:meth:`MotionDenoiser.forward`) and, as ``out[reference]``,
+for the plain modules of :mod:`kdtalker_core.networks.denoiser_blocks`.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from ..golden_checks._common import CheckResult, compare, compare_exact, load_fixture, tolerance
-from ..networks.denoiser import MotionDenoiser, relative_position_bucket
+from ..networks.denoiser import MotionDenoiser
+from ..networks.denoiser_blocks import relative_position_bucket
 
 
 def build_denoiser(config: dict[str, Any], weights: dict) -> MotionDenoiser:
@@ -28,7 +33,8 @@ def build_denoiser(config: dict[str, Any], weights: dict) -> MotionDenoiser:
 
 
 def check(fixture_dir: Path, meta: dict[str, Any]) -> list[CheckResult]:
-    """Compare ``out`` and the debugging intermediates ``time_emb``, ``rel_pos_bias``, ``rel_pos_bucket``."""
+    """Compare ``out`` (fast and reference paths) and the intermediates ``time_emb``, ``rel_pos_bias``,
+    ``rel_pos_bucket``."""
     fx = load_fixture(fixture_dir, meta)
     cfg = meta["config"]
     model = build_denoiser(cfg, fx.weights)
@@ -44,6 +50,10 @@ def check(fixture_dir: Path, meta: dict[str, Any]) -> list[CheckResult]:
         if name in fx.outputs:
             atol, rtol = tolerance(meta, name)
             results.append(compare(fx.name, name, value, fx.outputs[name], atol, rtol))
+    if "out" in fx.outputs:
+        atol, rtol = tolerance(meta, "out")
+        reference = model.reference_forward(x, timesteps, context)
+        results.append(compare(fx.name, "out[reference]", reference, fx.outputs["out"], atol, rtol))
     if "rel_pos_bucket" in fx.outputs:
         bucket = relative_position_bucket(
             num_frames, int(cfg.get("rel_pos_num_buckets", 32)), int(cfg.get("rel_pos_max_distance", 128))

@@ -1,11 +1,11 @@
 """Golden checker for kind ``manifests``: our full-size networks against every official checkpoint layout.
 
-For each ``<file>.json`` in ``meta['files']`` the networks that hold that file's weights (the
-:data:`kdtalker_core.weights.CHECKPOINT_FILES` registry the product loads with) are built on
-the meta device, their state dicts are put into the file's key layout
-(:func:`kdtalker_core.weights.official_file_layout`) and compared key by key, in order, shape and
-dtype with the manifest. One result per manifest file: max_abs_err 0 when identical, else FAIL with
-the first mismatch.
+For each ``<file>.json`` in ``meta['files']`` the networks that hold that file's weights (rows
+of the table :data:`kdtalker_core.weights.NETWORKS` the product loads with, grouped by file in
+:data:`~kdtalker_core.weights.CHECKPOINT_FILES`) are built on the meta device, their state dicts
+are put into the file's key layout (:func:`kdtalker_core.weights.official_file_layout`) and
+compared key by key, in order, shape and dtype with the manifest. One result per manifest file:
+max_abs_err 0 when identical, else FAIL with the first mismatch.
 """
 
 from __future__ import annotations

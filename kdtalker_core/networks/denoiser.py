@@ -8,22 +8,28 @@ Architecture (official ``SimpleTransModel`` inside ``PointModel``; full size dim
   self-attention over time with T5 relative position bias and partial rotary embedding, then
   Linear(dim, 70).
 
+The plain, paper-like code of every block is in :mod:`kdtalker_core.networks.denoiser_blocks`
+(:meth:`MotionDenoiser.reference_forward` runs it). :meth:`MotionDenoiser.forward` and
+:meth:`MotionDenoiser.window_eps_fn` run a fused fast path over the same parameters ("plan"); tests
+check that both give the same numbers.
+
 The state dict is exactly ``ckpt['model']`` of KDTalker.pth (prefix ``point_model.model.``). The
 official shared rotary ``freqs`` appears once per layer; here each attention layer owns a copy
 (see :class:`~kdtalker_core.networks.denoiser_blocks.RotaryFrequencies`), so a strict load works.
 
-Speed: the SiLU of the concatenated conditioning splits exactly into a time part and a context
-part, so each block's (scale, shift) is ``W_t silu(t_emb) + W_c silu(context) + b``. The context
-part is computed once per sampling window, the time part once per distinct timestep (cached),
-and the relative position bias and rotary tables once per sequence length. The per-step work is
-then the token projections and attention only. Everything runs in the parameters' dtype
+Fast path: the SiLU of the concatenated conditioning splits exactly into a time part and a context
+part, so each block's (scale, shift) is ``W_t silu(t_emb) + W_c silu(context) + b``; the block's
+layer-norm affine is folded into it. The context part is computed once per sampling window, the
+time part once per distinct timestep (cached), and the relative position bias and rotary tables
+once per sequence length. The per-step work is then the token projections and attention only; on
+x86 CPUs the sampler multiplies with MKL pre-packed float32 weights
+(:mod:`kdtalker_core.backends.mkl_linear`). Everything runs in the parameters' dtype
 (``model.to(torch.bfloat16)`` for bf16; matrix products accumulate in float32), except the small
 time MLP, which always runs in float32.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -32,71 +38,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..attention import attention
+from ..backends import mkl_linear
 from ..errors import InputError
-from ..networks.denoiser_blocks import DenoiserBody, PointModelSlot
+from ..networks.denoiser_blocks import (
+    LN_EPS,
+    DenoiserBody,
+    PointModelSlot,
+    relative_position_bucket,
+    timestep_embedding,
+)
+
+__all__ = ["EpsFn", "MotionDenoiser", "relative_position_bucket", "timestep_embedding"]
 
 #: eps-prediction callable used by the sampler: (x_t (B,N,70), t (B,) int64) -> eps (B,N,70).
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-_LN_EPS = 1e-5
 _MAX_TIME_CACHE = 4096
-
-
-def _mkl_packing_available() -> bool:
-    """True when this PyTorch build exposes MKL's pre-packed float32 GEMM (x86 CPU builds with MKL)."""
-    return (
-        torch.backends.mkl.is_available()
-        and hasattr(torch.ops.mkl, "_mkl_reorder_linear_weight")
-        and hasattr(torch.ops.mkl, "_mkl_linear")
-    )
-
-
-def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-            packed: torch.Tensor | None, rows: int) -> torch.Tensor:
-    """``x @ weight.T + bias``; with ``packed`` (MKL pre-packed weight for ``rows`` rows of x) the
-    weight is not re-packed on every call, which matters for the denoiser's ~66-row products."""
-    if packed is None:
-        return F.linear(x, weight, bias)
-    return torch.ops.mkl._mkl_linear(x, packed, weight, bias, rows)
-
-
-def timestep_embedding(timesteps: torch.Tensor, dim: int) -> torch.Tensor:
-    """Sinusoidal timestep features (B, 2 * (dim // 2)) float32, laid out [sin | cos] (not interleaved).
-
-    Frequency i of ``half = dim // 2`` is ``exp(-ln(10000) * i / (half - 1))``; the angle is
-    ``timestep * frequency`` (timesteps are diffusion step indices, e.g. 0..999).
-    """
-    half = dim // 2
-    step = math.log(10000) / (half - 1)
-    freqs = torch.exp(torch.arange(half, device=timesteps.device, dtype=torch.float32) * -step)
-    angles = timesteps[:, None].float() * freqs[None, :]
-    return torch.cat((angles.sin(), angles.cos()), dim=-1)
-
-
-def relative_position_bucket(
-    num_frames: int,
-    num_buckets: int = 32,
-    max_distance: int = 128,
-    device: torch.device | str | None = None,
-) -> torch.Tensor:
-    """T5 relative-position buckets (F, F) int64; entry [i, j] buckets ``i - j`` (query i, key j).
-
-    Half of the buckets hold non-negative differences (0 .. num_buckets/2 - 1), the other half
-    negative ones. Distances below a quarter of ``num_buckets`` get their own bucket; larger ones are
-    log-spaced up to ``max_distance`` and clipped to the last bucket of their half.
-    """
-    pos = torch.arange(num_frames, dtype=torch.long, device=device)
-    diff = pos[:, None] - pos[None, :]  # i - j
-    half = num_buckets // 2
-    bucket = (diff < 0).long() * half
-    dist = diff.abs()
-    exact = half // 2
-    # log of 0 is never selected below; clamp only to keep the discarded branch finite
-    far = exact + (
-        torch.log(dist.clamp(min=1).float() / exact) / math.log(max_distance / exact) * (half - exact)
-    ).long()
-    far = far.clamp(max=half - 1)
-    return bucket + torch.where(dist < exact, dist, far)
 
 
 @dataclass
@@ -122,11 +79,11 @@ class _Plan:
         """
         layers = len(self.attn)
         device = self.attn[0][2].device if layers else torch.device("cpu")
-        if device.type != "cpu" or self.dtype != torch.float32 or not _mkl_packing_available():
+        if device.type != "cpu" or self.dtype != torch.float32 or not mkl_linear.available():
             return [(None,) * 6] * layers
         if self.packed_rows != rows:
             self.packed = []
-            pack = torch.ops.mkl._mkl_reorder_linear_weight
+            pack = mkl_linear.pack_weight
             for layer in range(layers):
                 a, b = self.res[2 * layer], self.res[2 * layer + 1]
                 self.packed.append((
@@ -345,12 +302,12 @@ class MotionDenoiser(nn.Module):
             pk = packed[layer]
             for j, r in enumerate((2 * layer, 2 * layer + 1)):
                 w1, b1, w2, b2 = plan.res[r][:4]
-                h = F.layer_norm(_linear(x, w1, b1, pk[2 * j], rows), (d,), eps=_LN_EPS)
+                h = F.layer_norm(mkl_linear.linear(x, w1, b1, pk[2 * j], rows), (d,), eps=LN_EPS)
                 h = F.silu(torch.addcmul(mod_shift[r], h, mod_scale[r]), inplace=True)
-                h = F.silu(_linear(h, w2, b2, pk[2 * j + 1], rows), inplace=True)
+                h = F.silu(mkl_linear.linear(h, w2, b2, pk[2 * j + 1], rows), inplace=True)
                 x = h.add_(x)
-            y = F.layer_norm(x, (d,), ln_g, ln_b, eps=_LN_EPS)
-            qkv = _linear(y, w_qkv, None, pk[4], rows).view(b, n, 3, heads, head_dim)
+            y = F.layer_norm(x, (d,), ln_g, ln_b, eps=LN_EPS)
+            qkv = mkl_linear.linear(y, w_qkv, None, pk[4], rows).view(b, n, 3, heads, head_dim)
             if rot:
                 cos, sin = rope[layer]
                 part = qkv[:, :, :2, :, :rot]
@@ -359,7 +316,7 @@ class MotionDenoiser(nn.Module):
             q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))
             out = attention(q, k, v, bias, backend=self.attention_backend, scale=scale)
             out = out.transpose(1, 2).reshape(b, n, heads * head_dim)
-            x = _linear(out, w_proj, b_proj, pk[5], rows).add_(x)
+            x = mkl_linear.linear(out, w_proj, b_proj, pk[5], rows).add_(x)
         return x
 
     def forward(
@@ -390,6 +347,22 @@ class MotionDenoiser(nn.Module):
             h = self._trunk(plan, h, c_scale + t_scale, c_shift + t_shift,
                             self._rotary_tables(plan, n), self.relative_position_bias(n))
             out = F.linear(h, body.output_projection.weight, body.output_projection.bias)
+            return out.to(x.dtype)
+
+    def reference_forward(
+        self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The same prediction as :meth:`forward`, computed by the plain modules (no fusion, no caches).
+
+        Same arguments and result as :meth:`forward`; slower, meant for reading and for tests.
+        """
+        with torch.inference_mode():
+            b, n, _ = x.shape
+            if context is None:
+                context = x.new_zeros(b, n, self.context_dim)
+            if context.shape[:2] != (b, n):
+                raise InputError(f"context {tuple(context.shape)} must match x {tuple(x.shape)} in (B, F).")
+            out = self.body(x, _as_batch_timesteps(timesteps, b), context, attention_backend=self.attention_backend)
             return out.to(x.dtype)
 
     def window_eps_fn(self, ori_kps: torch.Tensor, ref_kps: torch.Tensor, aud_feat: torch.Tensor) -> EpsFn:

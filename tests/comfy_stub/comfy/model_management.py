@@ -1,12 +1,19 @@
-"""Stand-in for ``comfy.model_management``: devices, cache emptying, interrupts (CPU only)."""
+"""Stand-in for ``comfy.model_management``: devices, the loaded-model list, cache emptying, interrupts.
+
+The device is the CPU. ``load_models_gpu`` / ``free_memory`` / ``unload_all_models`` keep
+``current_loaded_models`` the way ComfyUI does (most recently used first, a weak reference to each
+ModelPatcher, so a model whose owner is gone drops out), with full loads only.
+"""
 
 from __future__ import annotations
 
 import threading
+import weakref
 
 import torch
 
 soft_empty_cache_calls = 0
+load_models_gpu_calls = 0
 _interrupt_lock = threading.RLock()
 _interrupt = False
 
@@ -53,3 +60,94 @@ def throw_exception_if_processing_interrupted() -> None:
         if _interrupt:
             _interrupt = False
             raise InterruptProcessingException()
+
+
+# ----------------------------------------------------------------------------------------- loaded models
+
+
+def module_size(module: torch.nn.Module) -> int:
+    """Bytes of every tensor in the module's state dict."""
+    return sum(t.nelement() * t.element_size() for t in module.state_dict().values())
+
+
+class LoadedModel:
+    """One entry of ``current_loaded_models``: a weak reference to a ModelPatcher and its load device."""
+
+    def __init__(self, model):
+        self._model = weakref.ref(model)
+        self.device = model.load_device
+        self.currently_used = True
+
+    @property
+    def model(self):
+        return self._model()
+
+    def model_memory(self) -> int:
+        return self.model.model_size()
+
+    def model_loaded_memory(self) -> int:
+        return self.model.loaded_size()
+
+    def model_load(self, lowvram_model_memory=0, force_patch_weights=False):
+        self.model.patch_model(self.device, lowvram_model_memory=lowvram_model_memory,
+                               force_patch_weights=force_patch_weights)
+        return self.model.model
+
+    def model_unload(self, memory_to_free=None, unpatch_weights=True) -> bool:
+        self.model.detach(unpatch_weights)
+        return True
+
+    def is_dead(self) -> bool:
+        return self.model is None
+
+    def __eq__(self, other) -> bool:
+        return self.model is other.model
+
+
+current_loaded_models: list[LoadedModel] = []
+
+
+def cleanup_models_gc() -> None:
+    current_loaded_models[:] = [m for m in current_loaded_models if not m.is_dead()]
+
+
+def load_models_gpu(models, memory_required=0, force_patch_weights=False, minimum_memory_required=None,
+                    force_full_load=False) -> None:
+    """Load each ModelPatcher onto its load device (already loaded ones stay) and list it first."""
+    global load_models_gpu_calls
+    load_models_gpu_calls += 1
+    cleanup_models_gc()
+    for patcher in models:
+        entry = LoadedModel(patcher)
+        if entry in current_loaded_models:
+            entry = current_loaded_models.pop(current_loaded_models.index(entry))
+            entry.currently_used = True
+            entry.model.partially_load(entry.device, force_patch_weights=force_patch_weights)
+        else:
+            entry.model_load(force_patch_weights=force_patch_weights)
+        current_loaded_models.insert(0, entry)
+
+
+def load_model_gpu(model) -> None:
+    return load_models_gpu([model])
+
+
+def loaded_models(only_currently_used: bool = False) -> list:
+    return [m.model for m in current_loaded_models if m.currently_used or not only_currently_used]
+
+
+def free_memory(memory_required, device, keep_loaded=[]) -> list[LoadedModel]:  # noqa: B006 - ComfyUI's signature
+    """Unload the models on ``device`` (all of them: there is no memory estimate here) except ``keep_loaded``."""
+    cleanup_models_gc()
+    unloaded = [m for m in current_loaded_models if m.device == device and m not in keep_loaded]
+    for m in unloaded:
+        m.model_unload()
+        current_loaded_models.remove(m)
+    if unloaded:
+        soft_empty_cache()
+    return unloaded
+
+
+def unload_all_models() -> None:
+    """What ``/free`` with ``unload_models`` calls."""
+    free_memory(1e30, get_torch_device())

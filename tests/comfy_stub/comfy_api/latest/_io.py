@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from . import _video
+
 
 class FolderType(str, Enum):
     input = "input"
@@ -90,10 +92,18 @@ def _socket_type(io_type: str, input_base: type = Input, name: str | None = None
     return type(name or io_type.title(), (), {"io_type": io_type, "Input": inp, "Output": out})
 
 
+class _UIOutput:
+    """Base of the UI results in ``comfy_api.latest.ui`` (``as_dict()`` goes to the frontend)."""
+
+    def as_dict(self) -> dict:
+        raise NotImplementedError
+
+
 Image = _socket_type("IMAGE", name="Image")
 Mask = _socket_type("MASK", name="Mask")
 Audio = _socket_type("AUDIO", name="Audio")
 Video = _socket_type("VIDEO", name="Video")
+Video.Type = _video.VideoInput  # what travels on a VIDEO socket, as in ComfyUI
 AnyType = _socket_type("*", name="AnyType")
 
 

@@ -1,0 +1,67 @@
+"""First run: put the bundled sample portrait and speech into ComfyUI's input folder.
+
+The example workflows load ``sample_portrait.jpg`` and ``sample_speech.wav`` with Load Image / Load
+Audio; with the files in input/ a new user can press Run right after picking the models. A file of
+the same name that is already there (the user's own) is never replaced, and a half-copied file is
+never left behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import folder_paths
+
+ASSETS = Path(__file__).resolve().parents[1] / "kdtalker_core" / "assets"
+#: The bundled inputs the example workflows reference, by file name.
+SAMPLE_INPUTS = ("sample_portrait.jpg", "sample_speech.wav")
+
+log = logging.getLogger(__name__)
+
+
+def install_sample_inputs() -> list[Path]:
+    """Copy each sample into ``folder_paths.get_input_directory()`` unless that name exists there.
+
+    Returns the files written. Problems (read-only folder, full disk) are logged, not raised: the
+    nodes work without the samples.
+    """
+    written: list[Path] = []
+    try:
+        input_dir = Path(folder_paths.get_input_directory())
+        input_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        log.warning("KDTalker: cannot create the input folder for the sample files: %s", exc)
+        return written
+    for name in SAMPLE_INPUTS:
+        target = input_dir / name
+        if os.path.lexists(target):
+            continue
+        try:
+            if _copy_new(ASSETS / name, target):
+                written.append(target)
+        except OSError as exc:
+            log.warning("KDTalker: could not copy the sample %s into %s: %s", name, input_dir, exc)
+    return written
+
+
+def _copy_new(source: Path, target: Path) -> bool:
+    """Write ``source`` to ``target`` only if ``target`` does not exist; all or nothing."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(source.read_bytes())
+        try:
+            os.link(tmp, target)  # atomic, and fails if the name was taken meanwhile
+        except FileExistsError:
+            return False
+        except OSError:  # file systems without hard links
+            if os.path.lexists(target):
+                return False
+            os.replace(tmp, target)
+        return True
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
