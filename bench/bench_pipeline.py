@@ -12,7 +12,12 @@ c mel (16 kHz mono, mel, windows), d audio encoder, e motion sampling (64-frame 
 f denormalise + Kalman, g render (warp + decode; ``--render-frames K`` renders K frames for real
 and extrapolates to N, as the official bench does), p paste-back, v video encode (H.264), h total.
 A warm-up pass (2 DDIM steps, 1 frame) precedes the timed run. Runs on CUDA when one is present
-(``--device auto``, the default), else on the CPU.
+(``--device auto``, the default), else on the CPU. ``--precision auto|fp32|bf16`` follows
+kdtalker_core.precision; the rendering networks are prepared as the pipeline does
+(render.prepare_networks); ``--compile`` torch.compiles them (compile time shows in the warm-up).
+The last line prints ``s/frame render <precision> <seconds>`` and the end-to-end frames/s, e.g.::
+
+    python bench/bench_pipeline.py --models-dir DIR --frames 32 --render-frames 4 --precision bf16
 
 ``--memory-seconds`` instead measures peak memory of the motion path (audio -> features -> motion)
 and of streaming ``--render-frames`` frames, for each audio length: memory must not grow with the
@@ -37,7 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from kdtalker_core import audio as audio_mod  # noqa: E402
-from kdtalker_core import face, motion, pipeline, render  # noqa: E402
+from kdtalker_core import face, motion, pipeline, precision, render  # noqa: E402
+from kdtalker_core.backends import nnpack  # noqa: E402
 from kdtalker_core.keypoints import get_kp_info, transform_keypoint  # noqa: E402
 from kdtalker_core.video import write_mp4  # noqa: E402
 
@@ -87,7 +93,8 @@ def _peak_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_once(models, photo, wav16k, *, steps: int, render_frames: int, chunk: int, timer: Timer) -> dict:
+def run_once(models, photo, wav16k, *, steps: int, render_frames: int, chunk: int, timer: Timer,
+             compile_render: bool = False) -> dict:
     """One pass over every stage; returns counts (frames, rendered)."""
     dev = models.device
     with torch.inference_mode():
@@ -106,7 +113,8 @@ def run_once(models, photo, wav16k, *, steps: int, render_frames: int, chunk: in
             input_x, ori_kp = motion.normalize_source(kp_info, models.norm)
             gen = torch.Generator(device=dev).manual_seed(0)
             m_norm = motion.generate_motion_normalized(models.denoiser, input_x, ori_kp, feats, steps=steps,
-                                                       generator=gen, dtype=models.dtype)
+                                                       generator=gen,
+                                                       dtype=next(models.denoiser.parameters()).dtype)
         with timer("f_denorm_kalman"):
             mo = motion.smooth_motion(motion.denormalize(m_norm.float(), models.norm), 1.0)
         x_d = motion.driving_keypoints(mo, kp_info)[:render_frames]
@@ -114,7 +122,7 @@ def run_once(models, photo, wav16k, *, steps: int, render_frames: int, chunk: in
         mask = face.make_paste_mask(crop, photo.shape[:2], device=dev)
         chunks = []
         it = render.render_frames(models.warping_network, models.spade_decoder, f_s, x_s, x_d,
-                                  chunk_size=chunk, dtype=models.dtype)
+                                  chunk_size=chunk, dtype=models.dtype, compile=compile_render)
         while True:
             with timer("g_render"):
                 c = next(it, None)
@@ -133,12 +141,16 @@ def bench_stages(args, models) -> dict:
     photo = face.to_rgb_uint8(iio.imread(args.image))
     wav = _audio_frames(args.audio, args.frames)
     if args.warmup:
+        t0 = time.perf_counter()
         run_once(models, photo, _audio_frames(args.audio, 32), steps=2, render_frames=1, chunk=args.chunk_size,
-                 timer=Timer(models.device))
+                 timer=Timer(models.device), compile_render=args.compile)
+        warmup_s = time.perf_counter() - t0
+    else:
+        warmup_s = float("nan")
     timer = Timer(models.device)
     t0 = time.perf_counter()
     counts = run_once(models, photo, wav, steps=args.steps, render_frames=min(args.render_frames, args.frames),
-                      chunk=args.chunk_size, timer=timer)
+                      chunk=args.chunk_size, timer=timer, compile_render=args.compile)
     total = time.perf_counter() - t0
     n, k = counts["frames"], counts["rendered"]
     st = timer.stages
@@ -155,6 +167,7 @@ def bench_stages(args, models) -> dict:
         "fps_end_to_end": round(n / stages["h_total"], 4),
         "frames": n, "frames_rendered": k, "render_extrapolated": k < n,
         "peak_memory_mb": round(_peak_mb(models.device), 1),
+        "warmup_s (includes compilation with --compile)": round(warmup_s, 2),
     }
 
 
@@ -196,7 +209,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--render-frames", type=int, default=4)
     ap.add_argument("--chunk-size", type=int, default=4)
-    ap.add_argument("--precision", default="fp32")
+    ap.add_argument("--precision", default="fp32", help="auto, fp32, bf16, fp16 (kdtalker_core.precision)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the rendering networks")
     ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
     ap.add_argument("--no-warmup", dest="warmup", action="store_false")
     ap.add_argument("--memory-seconds", default=None, help="e.g. 10,60,600: memory vs audio length instead")
@@ -205,10 +219,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     models = pipeline.load_models(args.models_dir, device=args.device, precision=args.precision)
+    # Rendering networks cast once (bf16 weights, channels-last where it pays); a no-op when
+    # load_models already did it.
+    render.prepare_networks(models.warping_network, models.spade_decoder, models.dtype, models.device)
     load_s = time.perf_counter() - t0
     machine = {"python": platform.python_version(), "torch": torch.__version__, "threads": args.threads,
                "device": str(models.device), "precision": models.precision,
-               "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+               "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu": precision.cpu_summary(),
+               "nnpack_works": nnpack.works(), "compile": args.compile}
     if models.device.type == "cuda":
         machine["gpu"] = torch.cuda.get_device_name(models.device)
     result = {"machine": machine, "args": {k: str(v) for k, v in vars(args).items()}, "model_load_s": round(load_s, 2)}
@@ -217,6 +235,10 @@ def main() -> None:
     else:
         result.update(bench_stages(args, models))
     print(json.dumps(result, indent=1))
+    if "render_per_frame_s" in result:
+        tag = models.precision + ("+compile" if args.compile else "")
+        print(f"s/frame render {tag} {result['render_per_frame_s']:.3f}"
+              f"  end-to-end frames/s {result['fps_end_to_end']:.4f}  ({precision.cpu_summary()})")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1))

@@ -37,6 +37,31 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; ``platform.processor()`` elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown CPU"
+
+
+def cpu_summary() -> str:
+    """CPU model, the SIMD / bf16 flags that decide precision and kernels, and torch's capability.
+
+    e.g. ``AMD EPYC; avx2 avx512f avx512_bf16; torch AVX512`` (for benchmarks and ``doctor``).
+    """
+    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_fp16")
+    flags = " ".join(f for f in wanted if f in cpu_flags()) or "no avx2/avx512/amx flags"
+    return f"{cpu_model()}; {flags}; torch {torch.backends.cpu.get_cpu_capability()}"
+
+
 def cpu_has_native_bf16() -> bool:
     """True when this CPU has native bfloat16 matrix instructions (AVX512-BF16 or AMX-BF16)."""
     return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})

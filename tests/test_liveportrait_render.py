@@ -15,7 +15,7 @@ from kdtalker_core.golden import run_fixture
 from kdtalker_core.networks.appearance import AppearanceFeatureExtractor
 from kdtalker_core.networks.spade import SPADEDecoder, SpectralNormConv2d, conv3x3_upsampled
 from kdtalker_core.networks.warping import WarpingNetwork
-from kdtalker_core.render import preferred_dtype, render_all, render_frames
+from kdtalker_core.render import render_all, render_frames
 
 SMALL_WARP = {
     "num_kp": 21, "block_expansion": 4, "max_features": 64, "num_down_blocks": 2, "reshape_channel": 8,
@@ -195,7 +195,3 @@ def test_render_rejects_bad_inputs(small_render_setup: dict) -> None:
         render_all(s["warp"], s["decoder"], s["feature"], s["kp_source"], s["kp_driving"], chunk_size=0)
     with pytest.raises(InputError, match="no frames"):
         render_all(s["warp"], s["decoder"], s["feature"], s["kp_source"], s["kp_driving"][:0])
-
-
-def test_preferred_dtype_cpu_is_a_supported_dtype() -> None:
-    assert preferred_dtype("cpu") in (torch.float32, torch.bfloat16)

@@ -15,6 +15,17 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def to_compute(x: torch.Tensor, dtype: torch.dtype, channels_last: bool) -> torch.Tensor:
+    """x in the networks' compute ``dtype``; channels-last (2D or 3D by rank) when asked.
+
+    A no-op for float32 NCHW/NCDHW networks (the official layout), so fp32 numbers do not change.
+    """
+    if channels_last and x.dim() in (4, 5):
+        fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+        return x.to(dtype=dtype, memory_format=fmt)
+    return x.to(dtype)
+
+
 class SameBlock2d(nn.Module):
     """conv(k x k, same size) -> BatchNorm2d -> ReLU (or LeakyReLU 0.01). (B,Cin,H,W) -> (B,Cout,H,W)."""
 
@@ -54,7 +65,11 @@ class DownBlock3d(nn.Module):
         self.norm = nn.BatchNorm3d(out_features, affine=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.avg_pool3d(F.relu(self.norm(self.conv(x))), kernel_size=(1, 2, 2))
+        y = F.relu(self.norm(self.conv(x)))
+        if y.dtype == torch.float32:
+            return F.avg_pool3d(y, kernel_size=(1, 2, 2))
+        # PyTorch has no reduced-precision avg_pool3d on the CPU: pool in float32, cast back.
+        return F.avg_pool3d(y.float(), kernel_size=(1, 2, 2)).to(y.dtype)
 
 
 class UpBlock3d(nn.Module):

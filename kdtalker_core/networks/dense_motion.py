@@ -1,8 +1,9 @@
 """LivePortrait dense motion estimator: sparse keypoint motions -> dense 3D deformation + occlusion.
 
 Numerically sensitive steps (sampling grids, Gaussians, the softmax over motions, grid sampling)
-always run in float32, also inside a reduced-precision autocast region; only the convolutions
-follow the autocast dtype.
+always run in float32, also inside a reduced-precision autocast region. With bf16/fp16 weights
+(see :func:`kdtalker_core.render.prepare_networks`) the convolutions run in the weights' dtype and,
+when ``channels_last`` is set, in channels-last-3d memory; their inputs are cast here.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..networks.blocks import Hourglass, coordinate_grid_3d, keypoint_gaussians
+from ..networks.blocks import Hourglass, coordinate_grid_3d, keypoint_gaussians, to_compute
 
 #: Variance of the keypoint Gaussians in normalised coordinates.
 KP_VARIANCE = 0.01
@@ -52,6 +53,8 @@ class DenseMotionNetwork(nn.Module):
                  estimate_occlusion_map: bool = True) -> None:
         super().__init__()
         self.num_kp = num_kp
+        #: Run the convolutions in channels-last(-3d) memory (set by render.prepare_networks).
+        self.channels_last = False
         self.hourglass = Hourglass(block_expansion=block_expansion, in_features=(num_kp + 1) * (compress + 1),
                                    num_blocks=num_blocks, max_features=max_features)
         self.mask = nn.Conv3d(self.hourglass.out_filters, num_kp + 1, kernel_size=7, padding=3)
@@ -95,12 +98,13 @@ class DenseMotionNetwork(nn.Module):
         """
         b = kp_driving.shape[0]
         d, h, w = feature.shape[2:]
-        compressed = F.relu(self.norm(self.compress(feature)))
+        dtype = self.compress.weight.dtype
+        compressed = F.relu(self.norm(self.compress(to_compute(feature, dtype, self.channels_last))))
         motions = self.sparse_motions((d, h, w), kp_driving, kp_source)
         deformed = sample_volume(compressed, motions)  # (B,K+1,c,D,H,W)
         heat = self.heatmaps((d, h, w), kp_driving, kp_source)
         net_in = torch.cat([heat, deformed], dim=2).reshape(b, -1, d, h, w)
-        prediction = self.hourglass(net_in)
+        prediction = self.hourglass(to_compute(net_in, dtype, self.channels_last))
 
         logits = self.mask(prediction)
         with torch.autocast(feature.device.type, enabled=False):
@@ -108,6 +112,6 @@ class DenseMotionNetwork(nn.Module):
             deformation = torch.einsum("bkdhw,bkdhwc->bdhwc", mask, motions)
         out = {"mask": mask, "deformation": deformation}
         if self.occlusion is not None:
-            flat = prediction.reshape(b, -1, h, w)
+            flat = to_compute(prediction.reshape(b, -1, h, w), dtype, self.channels_last)
             out["occlusion_map"] = torch.sigmoid(self.occlusion(flat).float())
         return out

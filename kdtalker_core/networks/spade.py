@@ -13,9 +13,14 @@ Speed-ups that keep the numbers (up to float rounding):
   phase (sub-pixel position), which needs 2.25x (s=2) to 4x (s=4) fewer multiply-adds.
 
 Optional, for float32 on CPU: inside :func:`winograd_convolutions` every 3x3 convolution runs
-through NNPACK's Winograd kernels (about 2.5-3x faster than oneDNN's direct convolution on AVX2
-CPUs, relative error about 1e-5 per convolution). Outside it the direct convolution runs;
-:func:`kdtalker_core.render.render_frames` turns Winograd on by default for float32 on CPU.
+through NNPACK's Winograd kernels (:mod:`kdtalker_core.backends.nnpack`; about 2.5-3x faster than
+oneDNN's direct convolution on AVX2 CPUs, relative error about 1e-5 per convolution). Outside it
+the direct convolution runs; :func:`kdtalker_core.render.render_frames` turns Winograd on for
+float32 on CPUs where a measured probe says it wins.
+
+Reduced precision: with bf16/fp16 weights (:func:`kdtalker_core.render.prepare_networks`) the
+convolutions and modulations run in that dtype, in channels-last memory when ``channels_last`` is
+set; instance-norm statistics and the final sigmoid stay float32.
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..backends import nnpack
+from .blocks import to_compute
+
 #: Hidden width of every SPADE modulation branch.
 SPADE_HIDDEN = 128
 
@@ -36,15 +44,15 @@ _WINOGRAD = contextvars.ContextVar("kdtalker_spade_winograd", default=False)
 
 
 def winograd_available() -> bool:
-    """True when this PyTorch build has NNPACK (this call also initialises it)."""
-    return bool(getattr(torch, "_nnpack_available", lambda: False)())
+    """True when NNPACK runs here (see :func:`kdtalker_core.backends.nnpack.works`)."""
+    return nnpack.works()
 
 
 @contextlib.contextmanager
 def winograd_convolutions(enabled: bool = True) -> Iterator[bool]:
     """Within the block, float32 CPU 3x3 convolutions of the decoder use NNPACK Winograd kernels.
 
-    Yields whether it is in effect (False when NNPACK is missing).
+    Yields whether it is in effect (False when NNPACK does not work on this machine).
     """
     active = bool(enabled) and winograd_available()
     token = _WINOGRAD.set(active)
@@ -56,19 +64,10 @@ def winograd_convolutions(enabled: bool = True) -> Iterator[bool]:
 
 def conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """3x3 convolution, stride 1, zero padding 1 (Winograd inside :func:`winograd_convolutions`)."""
-    if (_WINOGRAD.get() and x.device.type == "cpu" and x.dtype == torch.float32
+    if (not torch.compiler.is_compiling() and _WINOGRAD.get() and x.device.type == "cpu"
+            and x.dtype == torch.float32
             and weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")):
-        if bias is None:
-            bias = weight.new_zeros(weight.shape[0])
-        weight = weight.contiguous()
-        # One sample per call: NNPACK's batch-1 (inference) path is several times faster than its
-        # batched path, and gives the same numbers whatever the chunk size.
-        try:
-            outs = [torch._nnpack_spatial_convolution(x[i:i + 1].contiguous(), weight, bias, [1, 1])
-                    for i in range(x.shape[0])]
-        except RuntimeError:  # a shape NNPACK declines: the direct convolution is always right
-            return F.conv2d(x, weight, bias, padding=1)
-        return outs[0] if len(outs) == 1 else torch.cat(outs)
+        return nnpack.conv3x3(x, weight, bias)
     return F.conv2d(x, weight, bias, padding=1)
 
 
@@ -153,38 +152,117 @@ def _phase_taps(factor: int, phase: int) -> tuple[int, list[list[int]]]:
     return first, [groups[o] for o in range(first, max(groups) + 1)]
 
 
+def phase_kernels(weight: torch.Tensor, factor: int) -> list[tuple[int, int, torch.Tensor]]:
+    """The sub-pixel kernels of a 3x3 convolution over an x``factor`` nearest-upsampled map.
+
+    weight (Cout,Cin,3,3) -> for each output phase (py,px) in row-major order: (first low-res
+    row offset, first low-res column offset, kernel (Cout,Cin,ny,nx)) whose taps are the sums of
+    the 3x3 taps landing on the same low-resolution pixel. Sums run in float32 whatever the
+    weight dtype; kernels come back in the weight's dtype and memory format.
+    """
+    w32 = weight.float()
+    fmt = torch.channels_last if _is_channels_last(weight) else torch.contiguous_format
+    phases = [_phase_taps(factor, p) for p in range(factor)]
+    kernels = []
+    for oy, rows in phases:
+        # (ny, 3, 3) row-summed kernels for this vertical phase.
+        wr = torch.stack([w32[:, :, r].sum(dim=2) for r in rows], dim=2)  # (Cout,Cin,ny,3)
+        for ox, cols in phases:
+            k = torch.stack([wr[:, :, :, c].sum(dim=3) for c in cols], dim=3)  # (Cout,Cin,ny,nx)
+            kernels.append((oy, ox, k.to(dtype=weight.dtype, memory_format=fmt)))
+    return kernels
+
+
 def conv3x3_upsampled(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                      factor: int) -> torch.Tensor:
+                      factor: int, kernels: list[tuple[int, int, torch.Tensor]] | None = None) -> torch.Tensor:
     """``conv2d(interpolate(x, scale_factor=factor, mode='nearest'), weight, bias, padding=1)``.
 
     x (B,Cin,H,W), weight (Cout,Cin,3,3) -> (B,Cout,factor*H,factor*W), computed on the low
     resolution input: each output phase (py,px) is a small valid convolution whose kernel sums
-    the 3x3 taps that land on the same low-resolution pixel.
+    the 3x3 taps that land on the same low-resolution pixel. ``kernels``: precomputed
+    :func:`phase_kernels` of ``weight`` (computed here when None). The output keeps x's memory
+    format (channels-last in, channels-last out).
     """
     if factor == 1:
         return conv3x3(x, weight, bias)
+    if kernels is None:
+        kernels = phase_kernels(weight, factor)
     b, _, h, w = x.shape
     xp = F.pad(x, (1, 1, 1, 1))
-    out = x.new_empty((b, weight.shape[0], h * factor, w * factor))
-    phases = [_phase_taps(factor, p) for p in range(factor)]
-    for py, (oy, rows) in enumerate(phases):
-        # (ny, 3, 3) row-summed kernels for this vertical phase.
-        wr = torch.stack([weight[:, :, r].sum(dim=2) for r in rows], dim=2)  # (Cout,Cin,ny,3)
-        for px, (ox, cols) in enumerate(phases):
-            k = torch.stack([wr[:, :, :, c].sum(dim=3) for c in cols], dim=3)  # (Cout,Cin,ny,nx)
-            ny, nx = k.shape[2], k.shape[3]
-            window = xp[:, :, 1 + oy: 1 + oy + h + ny - 1, 1 + ox: 1 + ox + w + nx - 1]
-            out[:, :, py::factor, px::factor] = F.conv2d(window, k, bias)
+    fmt = torch.channels_last if _is_channels_last(x) else torch.contiguous_format
+    out = torch.empty((b, weight.shape[0], h * factor, w * factor), dtype=x.dtype, device=x.device,
+                      memory_format=fmt)
+    for i, (oy, ox, k) in enumerate(kernels):
+        py, px = divmod(i, factor)
+        ny, nx = k.shape[2], k.shape[3]
+        window = xp[:, :, 1 + oy: 1 + oy + h + ny - 1, 1 + ox: 1 + ox + w + nx - 1]
+        out[:, :, py::factor, px::factor] = F.conv2d(window, k, bias)
     return out
 
 
+def _is_channels_last(x: torch.Tensor) -> bool:
+    """True for a 4D tensor laid out channels-last (and not also plain contiguous)."""
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
 def instance_normalize(x: torch.Tensor) -> torch.Tensor:
-    """Per-sample, per-channel normalisation (biased variance, eps 1e-5) in float32."""
+    """Per-sample, per-channel normalisation (biased variance, eps 1e-5) in float32.
+
+    The result keeps a channels-last x channels-last (so the modulation that follows does not mix
+    memory layouts, which PyTorch runs several times slower).
+    """
     with torch.autocast(x.device.type, enabled=False):
-        return F.instance_norm(x.float(), eps=1e-5)
+        out = F.instance_norm(x.float(), eps=1e-5)
+    if _is_channels_last(x) and not _is_channels_last(out):
+        out = out.contiguous(memory_format=torch.channels_last)
+    return out
 
 
-class SPADE(nn.Module):
+def normalize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Instance normalisation in a form :meth:`SPADE.modulate` takes: (normalized, None) or (centred, rstd).
+
+    float32 x (the official path): (IN(x) in float32, None). Reduced-precision x (B,C,H,W): no
+    float32 copy of the map; statistics accumulate in float32 (``var_mean``), the centred map
+    x - mean stays in x's dtype and memory format, and rstd (B,C,1,1) = 1/sqrt(var + 1e-5) is
+    applied inside the modulation (see :meth:`SPADE.modulate`).
+    """
+    if x.dtype == torch.float32:
+        return instance_normalize(x), None
+    var, mean = torch.var_mean(x, dim=(2, 3), keepdim=True, correction=0)
+    rstd = torch.rsqrt(var.float() + 1e-5).to(x.dtype)
+    return x - mean, rstd
+
+
+class _CachedKernels(nn.Module):
+    """A module that caches derived convolution kernels (concatenations, sub-pixel phases).
+
+    The cache is dropped whenever parameters move or change dtype (``.to``, ``.half`` ...) and
+    when a state dict is loaded, so it never goes stale.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._kernel_cache: dict[object, object] = {}
+        self.register_load_state_dict_pre_hook(_CachedKernels._drop_cache)
+
+    @staticmethod
+    def _drop_cache(module: nn.Module, *args: object) -> None:
+        module._kernel_cache = {}
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        self._kernel_cache = {}
+        return super()._apply(fn, recurse)
+
+    def cached(self, key: object, make):  # type: ignore[no-untyped-def]
+        """``make()`` once per ``key`` (outside autograd), then the cached value."""
+        value = self._kernel_cache.get(key)
+        if value is None:
+            with torch.no_grad():
+                value = self._kernel_cache[key] = make()
+        return value
+
+
+class SPADE(_CachedKernels):
     """Spatially adaptive denormalisation: IN(x) * (1 + gamma(seg)) + beta(seg).
 
     ``norm_nc`` channels of x, ``label_nc`` channels of the conditioning map ``seg``; seg is
@@ -198,39 +276,60 @@ class SPADE(nn.Module):
         self.mlp_gamma = nn.Conv2d(SPADE_HIDDEN, norm_nc, kernel_size=3, padding=1)
         self.mlp_beta = nn.Conv2d(SPADE_HIDDEN, norm_nc, kernel_size=3, padding=1)
 
-    def modulate(self, normalized: torch.Tensor, actv: torch.Tensor) -> torch.Tensor:
-        """normalized (B,C,H,W) and shared activation actv (B,128,H,W) -> modulated (B,C,H,W)."""
-        weight = torch.cat([self.mlp_gamma.weight, self.mlp_beta.weight], dim=0)
-        bias = torch.cat([self.mlp_gamma.bias, self.mlp_beta.bias], dim=0)
+    def gamma_beta(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """One convolution for gamma and beta: weight (2C,128,3,3), bias (2C,) (cached)."""
+        return self.cached("gamma_beta", lambda: (
+            torch.cat([self.mlp_gamma.weight, self.mlp_beta.weight], dim=0),
+            torch.cat([self.mlp_gamma.bias, self.mlp_beta.bias], dim=0)))
+
+    def modulate(self, normalized: torch.Tensor, actv: torch.Tensor,
+                 rstd: torch.Tensor | None = None) -> torch.Tensor:
+        """normalized (B,C,H,W) and shared activation actv (B,128,H,W) -> modulated (B,C,H,W).
+
+        With ``rstd`` (from :func:`normalize` on reduced precision) ``normalized`` is the centred
+        map and the result is centred * rstd * (1 + gamma) + beta, in two fused passes.
+        """
+        weight, bias = self.gamma_beta()
         gamma, beta = conv3x3(actv, weight, bias).chunk(2, dim=1)
+        if rstd is not None:
+            return torch.addcmul(beta, normalized, torch.addcmul(rstd, gamma, rstd))
         # Statistics come in float32; the modulated map follows the convolution dtype.
         return normalized.to(gamma.dtype) * (1 + gamma) + beta
 
     def forward(self, x: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
         actv = shared_activations([self], seg, tuple(x.shape[-2:]))[0]
-        return self.modulate(instance_normalize(x), actv)
+        normalized, rstd = normalize(x)
+        return self.modulate(normalized, actv, rstd)
 
 
-def shared_activations(norms: list[SPADE], seg: torch.Tensor, size: tuple[int, int]) -> list[torch.Tensor]:
+def shared_activations(norms: list[SPADE], seg: torch.Tensor, size: tuple[int, int],
+                       cache: _CachedKernels | None = None) -> list[torch.Tensor]:
     """ReLU(mlp_shared(nearest_resize(seg, size))) for several SPADEs with one convolution.
 
     seg (B,L,h,w) -> list of (B,128,H,W). Integer upsampling factors use
-    :func:`conv3x3_upsampled`; any other size resizes first, as the original does.
+    :func:`conv3x3_upsampled`; any other size resizes first, as the original does. ``cache``
+    (the owning block) keeps the concatenated weights and sub-pixel kernels between calls.
     """
-    convs = [n.mlp_shared[0] for n in norms]
-    weight = torch.cat([c.weight for c in convs], dim=0)
-    bias = torch.cat([c.bias for c in convs], dim=0)
     h, w = seg.shape[-2:]
     fy, ry = divmod(size[0], h)
     fx, rx = divmod(size[1], w)
-    if ry == 0 and rx == 0 and fy == fx and fy >= 1:
-        actv = conv3x3_upsampled(seg, weight, bias, fy)
+    factor = fy if (ry == 0 and rx == 0 and fy == fx and fy >= 1) else 0
+
+    def make() -> tuple[torch.Tensor, torch.Tensor, list | None]:
+        convs = [n.mlp_shared[0] for n in norms]
+        weight = torch.cat([c.weight for c in convs], dim=0)
+        bias = torch.cat([c.bias for c in convs], dim=0)
+        return weight, bias, (phase_kernels(weight, factor) if factor > 1 else None)
+
+    weight, bias, kernels = make() if cache is None else cache.cached(("shared", factor), make)
+    if factor:
+        actv = conv3x3_upsampled(seg, weight, bias, factor, kernels)
     else:
         actv = conv3x3(F.interpolate(seg, size=size, mode="nearest"), weight, bias)
     return list(F.relu(actv).split(SPADE_HIDDEN, dim=1))
 
 
-class SPADEResnetBlock(nn.Module):
+class SPADEResnetBlock(_CachedKernels):
     """Residual block: shortcut + conv_1(lrelu(SPADE_1(conv_0(lrelu(SPADE_0(x, seg))), seg))).
 
     The shortcut is conv_s(SPADE_s(x)) (1x1, no bias) when fin != fout, else x. Slope 0.2.
@@ -252,11 +351,12 @@ class SPADEResnetBlock(nn.Module):
     def forward(self, x: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
         """x (B,fin,H,W), seg (B,label_nc,h,w) with H,W multiples of h,w -> (B,fout,H,W)."""
         norms = [self.norm_0, self.norm_1] + ([self.norm_s] if self.learned_shortcut else [])
-        actvs = shared_activations(norms, seg, tuple(x.shape[-2:]))
-        x_norm = instance_normalize(x)
-        shortcut = self.conv_s(self.norm_s.modulate(x_norm, actvs[2])) if self.learned_shortcut else x
-        dx = self.conv_0(F.leaky_relu(self.norm_0.modulate(x_norm, actvs[0]), 0.2))
-        dx = self.conv_1(F.leaky_relu(self.norm_1.modulate(instance_normalize(dx), actvs[1]), 0.2))
+        actvs = shared_activations(norms, seg, tuple(x.shape[-2:]), cache=self)
+        x_norm, rstd = normalize(x)
+        shortcut = self.conv_s(self.norm_s.modulate(x_norm, actvs[2], rstd)) if self.learned_shortcut else x
+        dx = self.conv_0(F.leaky_relu(self.norm_0.modulate(x_norm, actvs[0], rstd), 0.2))
+        dx_norm, dx_rstd = normalize(dx)
+        dx = self.conv_1(F.leaky_relu(self.norm_1.modulate(dx_norm, actvs[1], dx_rstd), 0.2))
         return shortcut + dx
 
 
@@ -276,6 +376,8 @@ class SPADEDecoder(nn.Module):
         c = min(max_features, block_expansion * (2 ** num_down_blocks))
         self.input_channels = c
         self.upscale = upscale
+        #: Run in channels-last memory (set by render.prepare_networks).
+        self.channels_last = False
         self.fc = nn.Conv2d(c, 2 * c, kernel_size=3, padding=1)
         for i in range(6):
             self.add_module(f"G_middle_{i}", SPADEResnetBlock(2 * c, 2 * c, c))
@@ -301,7 +403,7 @@ class SPADEDecoder(nn.Module):
 
     def forward(self, feature: torch.Tensor) -> torch.Tensor:
         """feature (B,C,H,W) -> image (B,3,4H,4W) (8H,8W with upscale) float32 in [0,1]."""
-        seg = feature
+        seg = feature = to_compute(feature, self.fc.weight.dtype, self.channels_last)
         x = conv3x3(feature, self.fc.weight, self.fc.bias)
         for block in self.middle_blocks():
             x = block(x, seg)

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..networks.blocks import SameBlock2d
+from ..networks.blocks import SameBlock2d, to_compute
 from ..networks.dense_motion import DenseMotionNetwork, sample_volume
 
 _DEFAULT_DENSE_MOTION = {"block_expansion": 32, "max_features": 1024, "num_blocks": 5,
@@ -35,6 +35,8 @@ class WarpingNetwork(nn.Module):
         width = block_expansion * (2 ** num_down_blocks)
         self.third = SameBlock2d(max_features, width, lrelu=True)
         self.fourth = nn.Conv2d(width, width, kernel_size=1)
+        #: Run the 2D projection in channels-last memory (set by render.prepare_networks).
+        self.channels_last = False
 
     def forward(self, feature_3d: torch.Tensor, kp_driving: torch.Tensor,
                 kp_source: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -48,7 +50,8 @@ class WarpingNetwork(nn.Module):
         deformation = motion["deformation"]
         warped = sample_volume(feature_3d, deformation.unsqueeze(1))[:, 0]  # (B,C,D,H,W) float32
         b, c, d, h, w = warped.shape
-        x = self.fourth(self.third(warped.reshape(b, c * d, h, w)))
+        flat = to_compute(warped.reshape(b, c * d, h, w), self.fourth.weight.dtype, self.channels_last)
+        x = self.fourth(self.third(flat))
         occlusion = motion.get("occlusion_map")
         if occlusion is not None and self.use_occlusion_map:
             x = x * occlusion.to(x.dtype)
