@@ -208,8 +208,8 @@ def render_frames(
     feature_3d (1,C,D,H,W) source appearance volume; kp_source (1,K,3) source keypoints;
     kp_driving (T,K,3) driving keypoints (moved to the device here). Yields float32 frames
     (n,H_img,W_img,3) in [0,1] on the device (ComfyUI IMAGE layout), n <= chunk_size, T frames in
-    all. ``callback(done, total)`` runs after each chunk is computed, before it is yielded (it may
-    raise to cancel). No host synchronisation happens here.
+    all. ``callback(done, total)`` runs after each micro-batch is computed (one frame on a CPU), so
+    raising from it cancels within one micro-batch, not one chunk. No host synchronisation happens here.
 
     ``dtype`` (default: the networks' own dtype) is the compute dtype. Networks prepared in that
     dtype run as they are; float32 networks asked for a reduced dtype fall back to autocast
@@ -254,13 +254,13 @@ def render_frames(
         parts = []
         with torch.inference_mode(), autocast, winograd_convolutions(winograd):
             for start in range(done, stop, micro_batch):
-                kp = kp_driving[start:min(stop, start + micro_batch)]
-                warped = warping_network(feature_3d, kp, kp_source)["out"]
+                end = min(stop, start + micro_batch)
+                warped = warping_network(feature_3d, kp_driving[start:end], kp_source)["out"]
                 parts.append(spade_decoder(warped).float().permute(0, 2, 3, 1))
+                if callback is not None:  # after every micro-batch: a cancel lands within one of them
+                    callback(end, total)
         frames = torch.cat(parts) if len(parts) > 1 else parts[0].contiguous()
         done = stop
-        if callback is not None:
-            callback(done, total)
         yield frames
 
 

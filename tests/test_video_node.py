@@ -175,8 +175,6 @@ def test_cancel_leaves_no_file_and_releases_the_models(nodes, models_handle, pre
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="render_frames reports progress once per chunk; the per-frame "
-                                        "callback is a change in kdtalker_core/render.py (see the report)")
 def test_cancel_stops_within_one_rendered_frame(nodes, models_handle, prepared, progress_hook):
     portrait, motion, _audio = prepared
     warps = []
