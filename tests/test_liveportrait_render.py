@@ -155,15 +155,25 @@ def test_render_chunks_callback_and_cancel(small_render_setup: dict) -> None:
     chunks = list(render_frames(s["warp"], s["decoder"], s["feature"], s["kp_source"][0], s["kp_driving"],
                                 chunk_size=2, callback=lambda done, total: seen.append((done, total))))
     assert [c.shape[0] for c in chunks] == [2, 2, 1]
+    assert seen == [(1, 5), (2, 5), (3, 5), (4, 5), (5, 5)]  # one call per frame on a CPU (micro-batch 1)
+    seen.clear()
+    list(render_frames(s["warp"], s["decoder"], s["feature"], s["kp_source"][0], s["kp_driving"],
+                       chunk_size=2, micro_batch=2, callback=lambda done, total: seen.append((done, total))))
     assert seen == [(2, 5), (4, 5), (5, 5)]
 
     def cancel(done: int, total: int) -> None:
         raise KeyboardInterrupt("cancelled")
 
+    warps: list[int] = []
+    hook = s["warp"].register_forward_hook(lambda *_: warps.append(1))
     gen = render_frames(s["warp"], s["decoder"], s["feature"], s["kp_source"], s["kp_driving"],
-                        chunk_size=2, callback=cancel)
-    with pytest.raises(KeyboardInterrupt):
-        next(gen)
+                        chunk_size=4, callback=cancel)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            next(gen)
+    finally:
+        hook.remove()
+    assert warps == [1], "a cancel raised from the callback stops after the frame in flight, not the chunk"
 
 
 def test_render_bfloat16_close_to_float32() -> None:
