@@ -30,7 +30,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 SPEECH = ROOT / "tests" / "data" / "speech_16k_mono.wav"
 REF_PYTHON = Path("/tmp/kdref-venv/bin/python")

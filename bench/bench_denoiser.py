@@ -34,7 +34,6 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from kdtalker_core.backends import mkl_linear  # noqa: E402
 from kdtalker_core.networks.denoiser import MotionDenoiser  # noqa: E402

@@ -23,8 +23,6 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from kdtalker_core.networks.motion_extractor import MotionExtractor  # noqa: E402
 
 

@@ -39,7 +39,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 SPEECH = ROOT / "kdtalker_core" / "assets" / "sample_speech.wav"
 PORTRAIT = ROOT / "kdtalker_core" / "assets" / "sample_portrait.jpg"
@@ -190,8 +189,7 @@ def main() -> None:
 
     tmp = None
     if args.models_dir is None:
-        sys.path.insert(0, str(ROOT / "tests"))
-        from model_files import write_official_models
+        from tests.model_files import write_official_models
 
         tmp = tempfile.TemporaryDirectory(prefix="kdtalker_bench_models_")
         args.models_dir = write_official_models(Path(tmp.name))

@@ -30,7 +30,6 @@ import argparse
 import json
 import platform
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -39,7 +38,6 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from kdtalker_core import audio as audio_mod  # noqa: E402
 from kdtalker_core import face, motion, pipeline, precision, render  # noqa: E402

@@ -31,14 +31,10 @@ import math
 import os
 import resource
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kdtalker_core.backends import nnpack  # noqa: E402
 from kdtalker_core.networks.spade import SPADEDecoder  # noqa: E402
