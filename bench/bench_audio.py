@@ -10,7 +10,7 @@ When the reference environment ``/tmp/kdref-venv`` (librosa 0.10) and the offici
 ``/tmp/kdtalker_src`` exist, the official mel + window extraction is timed on the same wav in a
 subprocess and its windows are compared with ours (not a dependency; skipped otherwise).
 
-    python bench/bench_audio.py [--seconds 2 60 600] [--threads N] [--chunk 256]
+    python -m bench.bench_audio [--seconds 2 60 600] [--threads N] [--chunk 256]
                                 [--encoder fused|plain] [--no-reference]
 """
 

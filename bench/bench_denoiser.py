@@ -17,7 +17,7 @@ as well; on a shared machine the minimum is the stable number).
 
 Usage::
 
-    python bench/bench_denoiser.py [--threads N] [--repeats R] [--dtypes float32,bfloat16]
+    python -m bench.bench_denoiser [--threads N] [--repeats R] [--dtypes float32,bfloat16]
 """
 
 from __future__ import annotations

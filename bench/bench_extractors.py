@@ -2,7 +2,7 @@
 
 Usage::
 
-    .venv/bin/python bench/bench_extractors.py [--dtypes float32 bfloat16] [--repeats 5]
+    .venv/bin/python -m bench.bench_extractors [--dtypes float32 bfloat16] [--repeats 5]
         [--threads N] [--device cpu] [--official-src /tmp/kdtalker_src]
 
 Weights are random (full size: ConvNeXtV2-tiny, 28.1 M parameters); the time does not depend on

@@ -18,9 +18,9 @@ grows by one float32 frame (H*W*3*4 bytes) per frame, by design.
 
 Usage::
 
-    python bench/bench_memory.py --models-dir DIR --motion-seconds 10,60,600 \\
+    python -m bench.bench_memory --models-dir DIR --motion-seconds 10,60,600 \\
         --frames 20,200 --photo-size 2048 --json bench/results/memory_paths.json
-    python bench/bench_memory.py --frames 4,12 --motion-seconds 10,60 --steps 2   # quick look
+    python -m bench.bench_memory --frames 4,12 --motion-seconds 10,60 --steps 2   # quick look
 
 Without ``--models-dir``, full-size random weights in the official layout are written to a
 temporary folder first (tests/model_files.py): memory does not depend on the values.

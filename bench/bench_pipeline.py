@@ -3,9 +3,9 @@
 
 Usage (full-size random weights in a models folder, e.g. the reference checkpoints)::
 
-    python bench/bench_pipeline.py --models-dir /tmp/kdref_ckpts --frames 50 --steps 50 \
+    python -m bench.bench_pipeline --models-dir /tmp/kdref_ckpts --frames 50 --steps 50 \
         --threads 2 --render-frames 4 --json bench/results/ours_cpu_fp32.json
-    python bench/bench_pipeline.py --models-dir DIR --memory-seconds 10,60,600 --steps 10
+    python -m bench.bench_pipeline --models-dir DIR --memory-seconds 10,60,600 --steps 10
 
 Stages: a crop (dlib + landmarks + official crop), b source prep (M keypoint info + F volume + x_s),
 c mel (16 kHz mono, mel, windows), d audio encoder, e motion sampling (64-frame windows, DDIM),
@@ -17,7 +17,7 @@ kdtalker_core.precision; the rendering networks are prepared as the pipeline doe
 (render.prepare_networks); ``--compile`` torch.compiles them (compile time shows in the warm-up).
 The last line prints ``s/frame render <precision> <seconds>`` and the end-to-end frames/s, e.g.::
 
-    python bench/bench_pipeline.py --models-dir DIR --frames 32 --render-frames 4 --precision bf16
+    python -m bench.bench_pipeline --models-dir DIR --frames 32 --render-frames 4 --precision bf16
 
 ``--memory-seconds`` instead measures peak memory of the motion path (audio -> features -> motion)
 and of streaming ``--render-frames`` frames, for each audio length: memory must not grow with the

@@ -9,10 +9,10 @@ and decode separately (forward hooks), min and median total s/frame over the rep
 the speed-up over the official fp32 render, peak RSS and the PSNR of each setting's frames against
 the fp32 frames of the same keypoints.
 
-    .venv/bin/python bench/bench_render.py                          # fp32 and auto, 2 frames x 3
-    .venv/bin/python bench/bench_render.py --frames 4 --precision bf16 --repeats 1
-    .venv/bin/python bench/bench_render.py --precisions fp32,bf16 --compile   # + torch.compile rows
-    .venv/bin/python bench/bench_render.py --device cuda --frames 64 --chunks 8,16,32
+    .venv/bin/python -m bench.bench_render                          # fp32 and auto, 2 frames x 3
+    .venv/bin/python -m bench.bench_render --frames 4 --precision bf16 --repeats 1
+    .venv/bin/python -m bench.bench_render --precisions fp32,bf16 --compile   # + torch.compile rows
+    .venv/bin/python -m bench.bench_render --device cuda --frames 64 --chunks 8,16,32
 
 ``--precision X`` (or ``--precisions a,b``) takes auto / fp32 / bf16 / fp16; ``auto`` resolves by
 :mod:`kdtalker_core.precision`; ``bf16-autocast`` times the old path (float32 NCHW weights under

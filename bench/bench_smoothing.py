@@ -5,7 +5,7 @@ reference environment ``/tmp/kdref-venv`` (with pykalman) exists, the official p
 timed in a subprocess (single-threaded BLAS) on the first ``--pykalman-frames`` frames of the same
 data, and the results are compared; pykalman is never imported here and is not a dependency.
 
-    python bench/bench_smoothing.py [--frames 15000] [--dims 69] [--repeats 5] [--threads 1]
+    python -m bench.bench_smoothing [--frames 15000] [--dims 69] [--repeats 5] [--threads 1]
                                     [--pykalman-frames 1000] [--pykalman-python PATH]
 """
 
