@@ -363,7 +363,8 @@ class DrivingTransform:
 
 
 def driving_transform(
-    motion: Motion, source_kp_info: Mapping[str, torch.Tensor], relative: bool = False
+    motion: Motion, source_kp_info: Mapping[str, torch.Tensor], relative: bool = False,
+    motion_scale: bool = False,
 ) -> DrivingTransform:
     """The per-frame scale/rotation/expression/translation of :func:`driving_keypoints`.
 
@@ -372,6 +373,8 @@ def driving_transform(
     Relative (official ``flag_relative_motion``): changes since frame 0 applied to the source:
     ``R_i R_0^T R_s``, ``exp_s + (exp_i - exp_0)``, ``scale_s * scale_i / scale_0``,
     ``t_s + (t_i - t_0)``, t_z = 0.
+    ``motion_scale`` (absolute only): use the motion's own scale column instead of the source's (for
+    motions whose scale is meaningful, e.g. a driving video's zoom; the audio model's is not).
     """
     data = motion.data
     src = {k: v.to(device=data.device, dtype=data.dtype) for k, v in source_kp_info.items()}
@@ -388,21 +391,23 @@ def driving_transform(
     else:
         rotation = rot_d
         delta = exp
-        scale = src_scale
+        scale = motion.scale.reshape(-1, 1, 1) if motion_scale else src_scale
         translation = t
     translation = torch.cat([translation[:, :2], torch.zeros_like(translation[:, 2:])], dim=1)
     return DrivingTransform(scale=scale, rotation=rotation, delta=delta, translation=translation)
 
 
 def driving_keypoints(
-    motion: Motion, source_kp_info: Mapping[str, torch.Tensor], relative: bool = False
+    motion: Motion, source_kp_info: Mapping[str, torch.Tensor], relative: bool = False,
+    motion_scale: bool = False,
 ) -> torch.Tensor:
     """Driving keypoints ``x_d (T,21,3)`` on the motion's device, batched over frames.
 
     ``source_kp_info``: the portrait's kp_info (``kp (1,63)`` canonical keypoints, ``scale (1,1)``,
     and for ``relative`` also ``pitch/yaw/roll (1,1)`` degrees, ``exp (1,63)``, ``t (1,3)``).
-    See :func:`driving_transform` for the absolute (default) and relative conventions.
+    See :func:`driving_transform` for the absolute (default) and relative conventions and
+    ``motion_scale``.
     """
-    tr = driving_transform(motion, source_kp_info, relative=relative)
+    tr = driving_transform(motion, source_kp_info, relative=relative, motion_scale=motion_scale)
     x_c = source_kp_info["kp"].to(motion.data).reshape(1, NUM_KP, 3)
     return tr.scale * (x_c @ tr.rotation + tr.delta) + tr.translation.unsqueeze(1)

@@ -15,6 +15,12 @@ stages, also usable one by one (the step-by-step nodes)::
     motion = sample_motion(models, portrait, audio)      # (T,70) motion, DDIM + Kalman
     result = render(models, portrait, motion)            # (T,H,W,3) frames pasted into the photo
 
+:func:`run` samples the motion at :data:`MODEL_FPS` (the rate the model was trained at) and then,
+as ``options`` ask, in this order: takes the head pose from a driving video
+(:mod:`~kdtalker_core.driving`), calms the pauses of the speech (:mod:`~kdtalker_core.silence`) and
+resamples the motion to the output frame rate (:mod:`~kdtalker_core.retime`); blinks, eye / mouth
+openness and stitching act on the driving keypoints at render time (:mod:`~kdtalker_core.retarget`).
+
 Everything between the crop and the frames stays on ``models.device``. Motion is generated whole
 (70 floats a frame); rendering runs in chunks, and with a sink (or :func:`iter_render`) frames
 leave as they are made, so memory does not grow with the audio length.
@@ -33,21 +39,23 @@ import numpy as np
 import torch
 
 from . import audio as audio_mod
-from . import face, weights
+from . import face, retarget, retime, silence, weights
 from . import motion as motion_mod
 from . import render as render_mod
 from .attention import set_attention_backend
 from .errors import AudioError, InputError
 from .keypoints import get_kp_info, transform_keypoint
-from .options import DEFAULTS, MODEL_DEFAULTS, GenerateOptions
-from .precision import PRECISIONS, resolve_precision
+from .options import DEFAULTS, MODEL_DEFAULTS, MODEL_FPS, GenerateOptions
+from .precision import PRECISIONS, native_bf16, resolve_precision
 
 #: ``callback(done, total)`` of one long stage.
 ProgressCallback = Callable[[int, int], None]
 #: ``on_stage(stage, done, total)``: every stage of :func:`run`, in the order of :data:`STAGES`.
 StageCallback = Callable[[str, int, int], None]
-#: The stages :func:`run` reports, in order.
+#: The stages :func:`run` always reports, in order.
 STAGES: tuple[str, ...] = ("audio", "portrait", "motion", "render", "encode")
+#: Reported by :func:`run` between "portrait" and "motion" only when a pose video is given.
+POSE_STAGE = "pose"
 #: Sample rate of the speech the pipeline works on (and hands to sinks).
 SPEECH_RATE = audio_mod.SAMPLE_RATE
 
@@ -64,7 +72,9 @@ class KDTalkerModels:
     """Every network of the pipeline, in eval mode on one device.
 
     Names follow the paper: F = appearance_extractor, M = motion_extractor, W = warping_network,
-    G = spade_decoder, S = stitching (optional; KDTalker renders without it).
+    G = spade_decoder, S = stitching (optional; KDTalker renders without it). ``retarget_eye`` /
+    ``retarget_lip``: LivePortrait's eye and lip retargeting MLPs (optional, from the same file as S;
+    used by blinks and eye / mouth openness, see :mod:`kdtalker_core.retarget`).
     """
 
     appearance_extractor: torch.nn.Module
@@ -75,6 +85,8 @@ class KDTalkerModels:
     denoiser: torch.nn.Module
     norm: motion_mod.NormStats
     stitching: torch.nn.Module | None = None
+    retarget_eye: torch.nn.Module | None = None
+    retarget_lip: torch.nn.Module | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     precision: str = "fp32"
     attention_backend: str = "auto"
@@ -94,8 +106,9 @@ class KDTalkerModels:
             "audio_encoder": self.audio_encoder,
             "denoiser": self.denoiser,
         }
-        if self.stitching is not None:
-            mods["stitching"] = self.stitching
+        for name in ("stitching", "retarget_eye", "retarget_lip"):
+            if getattr(self, name) is not None:
+                mods[name] = getattr(self, name)
         return mods
 
     def to(self, device: str | torch.device) -> KDTalkerModels:
@@ -147,10 +160,13 @@ def load_models(
                    "LivePortrait warping network (W)")
     spade = load("spade_generator", lp["spade_generator"], lp.files["spade_generator"],
                  "LivePortrait SPADE decoder (G)").fuse_spectral_norm()
-    stitching = None
-    if lp.get("stitching_retargeting_module") is not None:
-        stitching = load("retarget_shoulder", lp["stitching_retargeting_module"]["retarget_shoulder"],
-                         lp.files["stitching_retargeting_module"], "LivePortrait stitching (S)")
+    stitching = retarget_eye = retarget_lip = None
+    groups = lp.get("stitching_retargeting_module")
+    if groups is not None:
+        file = lp.files["stitching_retargeting_module"]
+        stitching = load("retarget_shoulder", groups["retarget_shoulder"], file, "LivePortrait stitching (S)")
+        retarget_eye = load("retarget_eye", groups["retarget_eye"], file, "LivePortrait eye retargeting MLP")
+        retarget_lip = load("retarget_mouth", groups["retarget_mouth"], file, "LivePortrait lip retargeting MLP")
 
     models = KDTalkerModels(
         appearance_extractor=appearance,
@@ -161,23 +177,32 @@ def load_models(
         denoiser=denoiser,
         norm=motion_mod.NormStats.from_dict(bundle.norm),
         stitching=stitching,
+        retarget_eye=retarget_eye,
+        retarget_lip=retarget_lip,
         device=dev,
         precision=precision,
         attention_backend=attention,
     )
+    models = models.to(dev)
     _prepare_networks(models)
-    return models.to(dev)
+    return models
 
 
 def _prepare_networks(models: KDTalkerModels) -> None:
-    """Freshly loaded fp32 CPU networks -> eval mode, no gradients, the dtypes ``models.precision`` wants.
+    """Freshly loaded fp32 networks on ``models.device`` -> eval mode, no gradients, the dtypes
+    ``models.precision`` wants, cast once here (never per call).
 
-    The denoiser computes in its parameters' dtype (the sampler keeps x_t in fp32); it is reduced
-    only on CUDA. Rendering runs under autocast over fp32 weights (see :mod:`kdtalker_core.render`).
+    Rendering (W, G): weights in the compute dtype, channels-last where that is faster
+    (:func:`kdtalker_core.render.prepare_networks`). The denoiser computes in its parameters' dtype
+    (the sampler keeps x_t and the DDIM arithmetic in fp32): reduced on CUDA, and to bf16 on CPUs
+    that multiply bf16 natively (its eps step measured ~4x faster there). F, M and the audio encoder
+    run once per portrait / clip and stay fp32.
     """
     for m in models.modules().values():
         m.eval().requires_grad_(False)
-    if models.device.type == "cuda" and models.precision != "fp32":
+    render_mod.prepare_networks(models.warping_network, models.spade_decoder, models.dtype, models.device)
+    reduced = models.precision != "fp32"
+    if reduced and (models.device.type == "cuda" or (models.precision == "bf16" and native_bf16(models.device))):
         models.denoiser.to(PRECISIONS[models.precision])
 
 
@@ -243,11 +268,14 @@ def prepare_portrait(
 
 @dataclass
 class AudioFeatures:
-    """Per-frame Wav2Lip features: features (T,512) on the device, waveform_16k the audio they cover."""
+    """Per-frame Wav2Lip features: features (T,512) on the device at ``fps`` (the model's 25),
+    waveform_16k the audio they cover; ``output_fps``: the frame rate :func:`sample_motion` resamples
+    its motion to (None: ``fps``)."""
 
     features: torch.Tensor
     fps: float
     waveform_16k: torch.Tensor
+    output_fps: float | None = None
 
     @property
     def num_frames(self) -> int:
@@ -281,18 +309,22 @@ def encode_audio(
     start_seconds: float = DEFAULTS.start_seconds,
     duration_seconds: float | None = DEFAULTS.duration_seconds,
 ) -> AudioFeatures:
-    """Speech (any rate, any channel count) -> (T,512) features at ``fps``.
+    """Speech (any rate, any channel count) -> (T,512) features at :data:`MODEL_FPS` (25 a second).
 
-    ``waveform`` is (N,), (C,N) or ComfyUI's (1,C,N) float. ``start_seconds``/``duration_seconds``
+    The motion model was trained on 25 fps features, so they are always made at that rate; ``fps``
+    is the frame rate of the motion :func:`sample_motion` makes from them (it resamples its 25 fps
+    motion, :func:`kdtalker_core.retime.resample_motion`). ``waveform`` is (N,), (C,N) or ComfyUI's
+    (1,C,N) float. ``start_seconds``/``duration_seconds``
     trim the speech first (:func:`trim_speech`). Raises AudioError for empty, non-finite or
     sub-frame audio.
     """
     if fps <= 0:
         raise InputError(f"fps must be positive, got {fps}")
     wav = trim_speech(waveform, sample_rate, start_seconds, duration_seconds)
-    windows, wav_cropped = audio_mod.audio_to_mel_windows(wav.to(models.device), SPEECH_RATE, fps=fps)
+    windows, wav_cropped = audio_mod.audio_to_mel_windows(wav.to(models.device), SPEECH_RATE, fps=MODEL_FPS)
     features = models.audio_encoder.encode_in_chunks(windows)
-    return AudioFeatures(features=features, fps=float(fps), waveform_16k=wav_cropped.float().cpu())
+    return AudioFeatures(features=features, fps=MODEL_FPS, waveform_16k=wav_cropped.float().cpu(),
+                         output_fps=float(fps))
 
 
 # --------------------------------------------------------------------------- motion
@@ -309,7 +341,8 @@ def sample_motion(
     smoothing: float = DEFAULTS.smoothing,
     callback: ProgressCallback | None = None,
 ) -> motion_mod.Motion:
-    """Generate (T,70) motion with the windowed DDIM sampler, denormalise, Kalman-smooth.
+    """Generate (T,70) motion with the windowed DDIM sampler, denormalise, Kalman-smooth; then
+    resample it to ``audio.output_fps`` when that differs from the features' rate.
 
     Same seed on the same device gives the same motion. ``smoothing`` 1.0 is the official Kalman
     setting, 0 turns it off. ``callback(done, total)`` counts denoiser steps over all windows.
@@ -332,7 +365,11 @@ def sample_motion(
             steps=steps, eta=eta, generator=generator, callback=progress, dtype=token_dtype,
         )
         motion = motion_mod.denormalize(motion_norm.float(), models.norm, fps=audio.fps)
-        return motion_mod.smooth_motion(motion, strength=smoothing)
+        motion = motion_mod.smooth_motion(motion, strength=smoothing)
+    out_fps = audio.output_fps or audio.fps
+    if abs(out_fps - motion.fps) > 1e-9 * motion.fps:
+        motion = retime.resample_motion(motion, out_fps)
+    return motion
 
 
 # --------------------------------------------------------------------------- rendering
@@ -386,6 +423,35 @@ class RenderResult:
     fps: float
 
 
+def driving_keypoints(
+    models: KDTalkerModels,
+    portrait: Portrait,
+    motion: motion_mod.Motion,
+    *,
+    relative: bool = False,
+    motion_scale: bool = False,
+    performance: retarget.PerformanceOptions | None = None,
+) -> torch.Tensor:
+    """The driving keypoints ``x_d (T,21,3)`` the renderer gets, on the models' device: the motion's
+    keypoints (:func:`kdtalker_core.motion.driving_keypoints`; ``relative``, ``motion_scale`` as
+    there) with ``performance`` (blinks, eye / mouth openness, stitching) applied by
+    :func:`kdtalker_core.retarget.apply_to_portrait`. None or default ``performance`` changes nothing."""
+    on_device = motion.to(models.device)
+    x_d = motion_mod.driving_keypoints(on_device, portrait.kp_info, relative=relative, motion_scale=motion_scale)
+    return retarget.apply_to_portrait(x_d, models, portrait, on_device, performance)
+
+
+def _frame_slice(num_frames: int, frames: slice | None) -> tuple[int, int]:
+    """``frames`` (a step-1 slice, None = all) of a ``num_frames`` clip -> (start, stop), checked."""
+    if frames is None:
+        return 0, num_frames
+    start, stop, step = frames.indices(num_frames)
+    if step != 1 or start >= stop:
+        raise InputError(f"the frame range {frames.start}..{frames.stop} selects no frames of the "
+                         f"{num_frames}-frame motion")
+    return start, stop
+
+
 def iter_render(
     models: KDTalkerModels,
     portrait: Portrait,
@@ -394,17 +460,26 @@ def iter_render(
     chunk_size: int = DEFAULTS.chunk_size,
     paste_back: bool = DEFAULTS.paste_back,
     relative: bool = False,
+    motion_scale: bool = False,
+    performance: retarget.PerformanceOptions | None = None,
+    frames: slice | None = None,
     callback: ProgressCallback | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield rendered frames chunk by chunk: (n,H,W,3) float [0,1] on the device.
 
     With ``paste_back`` the 512x512 face is blended into the original photo (H,W); otherwise the
-    raw 512x512 crop frames are yielded. Memory is bounded by ``chunk_size``. ``callback(done,
-    total)`` counts frames, after each chunk is rendered and before it is yielded.
+    raw 512x512 crop frames are yielded. Memory is bounded by ``chunk_size``. ``performance``:
+    blinks, eye / mouth openness and stitching (:class:`~kdtalker_core.retarget.PerformanceOptions`,
+    None = off); ``relative`` / ``motion_scale``: see :func:`kdtalker_core.motion.driving_transform`.
+    ``frames``: render only this range of the motion (e.g. ``slice(100, 200)``); the keypoints
+    (blink timing included) are computed over the whole motion, so ranges joined in order equal one
+    pass. ``callback(done, total)`` counts frames, after each chunk is rendered and before it is yielded.
     """
     if chunk_size < 1:
         raise InputError(f"chunk_size must be >= 1, got {chunk_size}")
-    x_d = motion_mod.driving_keypoints(motion.to(models.device), portrait.kp_info, relative=relative)
+    start, stop = _frame_slice(motion.num_frames, frames)
+    x_d = driving_keypoints(models, portrait, motion, relative=relative, motion_scale=motion_scale,
+                            performance=performance)[start:stop]
     chunks = render_mod.render_frames(
         models.warping_network, models.spade_decoder, portrait.feature_3d, portrait.x_s, x_d,
         chunk_size=chunk_size, dtype=models.dtype, callback=callback,
@@ -428,12 +503,17 @@ def render(
     chunk_size: int = DEFAULTS.chunk_size,
     paste_back: bool = DEFAULTS.paste_back,
     relative: bool = False,
+    motion_scale: bool = False,
+    performance: retarget.PerformanceOptions | None = None,
+    frames: slice | None = None,
     callback: ProgressCallback | None = None,
 ) -> RenderResult:
-    """Render every frame into one CPU tensor (ComfyUI IMAGE layout (T,H,W,3))."""
+    """Render every frame (or the range ``frames``) into one CPU tensor (ComfyUI IMAGE layout
+    (T,H,W,3)); the keywords are those of :func:`iter_render`."""
     collector = FrameCollector()
     for chunk in iter_render(models, portrait, motion, chunk_size=chunk_size, paste_back=paste_back,
-                             relative=relative, callback=callback):
+                             relative=relative, motion_scale=motion_scale, performance=performance,
+                             frames=frames, callback=callback):
         collector.write(chunk)
     frames = collector.finish()
     return RenderResult(frames=frames, mask=_output_mask(portrait, paste_back, frames.shape[1:3]), fps=motion.fps)
@@ -447,7 +527,7 @@ class Inputs:
     """A checked job, made in seconds before any model is loaded (:func:`check_inputs`).
 
     photo (H,W,3) uint8 RGB; crop: its face crop (reused by :func:`prepare_portrait`); speech (N,)
-    float32 16 kHz mono, already trimmed by ``options`` (at least one video frame long);
+    float32 16 kHz mono, already trimmed by ``options`` (at least one motion frame, 40 ms, long);
     options: the job's settings; image_name: how messages call the photo.
     """
 
@@ -458,9 +538,31 @@ class Inputs:
     image_name: str = "image"
 
     @property
+    def motion_frames(self) -> int:
+        """Motion frames the speech gives at :data:`MODEL_FPS` (what the model samples)."""
+        return audio_mod.num_video_frames(self.speech.shape[0], MODEL_FPS)
+
+    @property
     def num_frames(self) -> int:
-        """Video frames the speech gives at ``options.fps``."""
-        return audio_mod.num_video_frames(self.speech.shape[0], self.options.fps)
+        """Output video frames at ``options.fps``: ``round(motion_frames / 25 * fps)`` (a pose video with
+        ``pose_fit="cut"`` shorter than the speech shortens the result further)."""
+        return output_frames(self.motion_frames, self.options.fps)
+
+
+def output_frames(motion_frames: int, fps: float) -> int:
+    """Frames at ``fps`` of a motion of ``motion_frames`` frames at :data:`MODEL_FPS` (0 stays 0)."""
+    return retime.resampled_length(motion_frames, MODEL_FPS, fps) if motion_frames > 0 else 0
+
+
+def speech_for_frames(speech: torch.Tensor, num_frames: int, fps: float) -> torch.Tensor:
+    """16 kHz speech ``(N,)`` cut (or padded with silence) to exactly cover ``num_frames`` at ``fps``:
+    ``round(num_frames * 16000 / fps)`` samples. Returns ``speech`` itself when it already does."""
+    n = int(round(num_frames * SPEECH_RATE / float(fps)))
+    if speech.shape[0] == n:
+        return speech
+    if speech.shape[0] > n:
+        return speech[:n]
+    return torch.cat([speech, speech.new_zeros(n - speech.shape[0])])
 
 
 def check_inputs(image: Any, waveform: Any, sample_rate: int, options: GenerateOptions = DEFAULTS, *,
@@ -477,9 +579,13 @@ def check_inputs(image: Any, waveform: Any, sample_rate: int, options: GenerateO
                               mode=options.crop_mode, name=image_name)
     speech = trim_speech(waveform, sample_rate, options.start_seconds, options.duration_seconds)
     inputs = Inputs(photo, crop, speech.float().cpu(), options, image_name)
-    if inputs.num_frames < 1:
+    if inputs.motion_frames < 1:
         raise AudioError(f"the speech to use is {speech.shape[0] / SPEECH_RATE * 1000:.0f} ms long, shorter than "
-                         f"one video frame ({1000 / options.fps:.0f} ms at {options.fps:g} fps): give more audio")
+                         f"one video frame of the motion model ({1000 / MODEL_FPS:.0f} ms at {MODEL_FPS:g} fps): "
+                         "give more audio")
+    if options.pose_video is not None and not Path(options.pose_video).is_file():
+        raise InputError(f"the pose video {options.pose_video} does not exist: give a video file of a face "
+                         "for the head motion, or leave the pose video out")
     return inputs
 
 
@@ -489,7 +595,7 @@ def read_inputs(image_path: str | Path, audio_path: str | Path, options: Generat
     from .image_io import read_image
 
     photo = read_image(image_path)
-    waveform, sample_rate = audio_mod.load_audio_file(audio_path, fps=options.fps)
+    waveform, sample_rate = audio_mod.load_audio_file(audio_path, fps=MODEL_FPS)
     return check_inputs(photo, waveform, sample_rate, options, image_name=str(image_path))
 
 
@@ -499,7 +605,8 @@ class GenerateResult:
 
     frames (T,H,W,3) float32 [0,1] on the CPU, or None when they went to a sink; num_frames T;
     fps; mask (H,W) where the face is in the frames; speech (N,) float32 16 kHz mono covering
-    exactly the frames; motion (T,70); precision the networks ran in; seconds: wall time per stage.
+    exactly the frames; motion (T,70) at ``fps`` (the one rendered: pose, calming and resampling
+    applied); precision the networks ran in; seconds: wall time per stage.
     """
 
     frames: torch.Tensor | None
@@ -520,6 +627,13 @@ def motion_total(num_frames: int, steps: int) -> int:
 def run(models: KDTalkerModels, inputs: Inputs, *, on_stage: StageCallback | None = None,
         sink: FrameSink | None = None, portrait: Portrait | None = None) -> GenerateResult:
     """The whole pipeline for one checked job: audio -> portrait -> motion -> render -> encode.
+
+    The speech is encoded and the motion sampled at :data:`MODEL_FPS` whatever ``options.fps``; the
+    motion then gets, as the options ask and in this order, the head pose of ``pose_video`` (the
+    video is read in the extra stage :data:`POSE_STAGE`, after "portrait"), calm silences and
+    resampling to ``fps`` (``round(duration * fps)`` frames; the speech handed to the sink and
+    returned covers exactly those frames). Blinks, eye / mouth openness and stitching are applied
+    to the driving keypoints while rendering. Default options give the official output, bit for bit.
 
     ``on_stage(stage, done, total)`` is called with ``done = 0`` when each stage of :data:`STAGES`
     starts, as it progresses (motion: denoiser steps; render: frames rendered and handed to the
@@ -544,28 +658,38 @@ def run(models: KDTalkerModels, inputs: Inputs, *, on_stage: StageCallback | Non
         report(stage, total, total)
         return out
 
-    audio = timed("audio", 1, lambda: encode_audio(models, inputs.speech, SPEECH_RATE, fps=opts.fps))
+    audio = timed("audio", 1, lambda: encode_audio(models, inputs.speech, SPEECH_RATE, fps=MODEL_FPS))
     prepared = portrait
     portrait = timed("portrait", 1, lambda: prepared if prepared is not None else prepare_portrait(
         models, inputs.photo, crop=inputs.crop, name=inputs.image_name))
+    pose = None
+    if opts.pose_video is not None:
+        pose = timed(POSE_STAGE, 1, lambda: pose_from_video(models, portrait, opts, audio.num_frames / MODEL_FPS))
     n_steps = motion_total(audio.num_frames, opts.steps)
-    motion = timed("motion", n_steps, lambda: sample_motion(
-        models, portrait, audio, seed=opts.seed, steps=opts.steps, eta=opts.eta, smoothing=opts.smoothing,
-        callback=lambda done, total: report("motion", done, total) if done < total else None))
+
+    def make_motion() -> motion_mod.Motion:
+        sampled = sample_motion(models, portrait, audio, seed=opts.seed, steps=opts.steps, eta=opts.eta,
+                                smoothing=opts.smoothing,
+                                callback=lambda done, total: report("motion", done, total) if done < total else None)
+        return shape_motion(sampled, opts, pose=pose, speech=audio.waveform_16k, portrait=portrait)
+
+    motion = timed("motion", n_steps, make_motion)
+    speech = speech_for_frames(audio.waveform_16k, motion.num_frames, motion.fps)
 
     out = sink if sink is not None else FrameCollector()
     total = motion.num_frames
 
     def render_all() -> tuple[int, int]:
         done, frame_hw = 0, (0, 0)
-        for chunk in iter_render(models, portrait, motion, chunk_size=opts.chunk_size, paste_back=opts.paste_back):
+        for chunk in iter_render(models, portrait, motion, chunk_size=opts.chunk_size, paste_back=opts.paste_back,
+                                 motion_scale=pose is not None, performance=opts.performance()):
             out.write(chunk)
             done, frame_hw = done + int(chunk.shape[0]), tuple(chunk.shape[1:3])
             if done < total:
                 report("render", done, total)
         return frame_hw
 
-    out.start(audio.fps, audio.waveform_16k, SPEECH_RATE)
+    out.start(motion.fps, speech, SPEECH_RATE)
     try:
         frame_hw = timed("render", total, render_all)
         timed("encode", 1, out.finish)
@@ -573,9 +697,52 @@ def run(models: KDTalkerModels, inputs: Inputs, *, on_stage: StageCallback | Non
         out.abort()
         raise
     frames = out.frames if isinstance(out, FrameCollector) else None
-    return GenerateResult(frames=frames, num_frames=total, fps=audio.fps,
-                          mask=_output_mask(portrait, opts.paste_back, frame_hw), speech=audio.waveform_16k,
+    return GenerateResult(frames=frames, num_frames=total, fps=motion.fps,
+                          mask=_output_mask(portrait, opts.paste_back, frame_hw), speech=speech,
                           motion=motion, precision=models.precision, seconds=seconds)
+
+
+@torch.inference_mode()
+def pose_from_video(models: KDTalkerModels, portrait: Portrait, options: GenerateOptions,
+                    seconds: float | None = None) -> motion_mod.Motion:
+    """The head motion of ``options.pose_video`` applied to the portrait (``options.pose_mode``;
+    :func:`kdtalker_core.driving.extract_video_motion_file`, cropped with ``options.crop_mode``) at
+    the video's own frame rate; only the first ``seconds`` of the video are read (None: all)."""
+    from . import driving
+
+    if options.pose_video is None:
+        raise InputError("no pose video was given")
+    video = driving.extract_video_motion_file(models.motion_extractor, options.pose_video, portrait.kp_info,
+                                              max_seconds=seconds, mode=options.pose_mode,
+                                              crop_mode=options.crop_mode)
+    return video.motion
+
+
+def shape_motion(motion: motion_mod.Motion, options: GenerateOptions, *, pose: motion_mod.Motion | None = None,
+                 speech: torch.Tensor | None = None, portrait: Portrait | None = None) -> motion_mod.Motion:
+    """The sampled motion (at :data:`MODEL_FPS`) -> the motion to render, in this order:
+
+    1. ``pose`` (from :func:`pose_from_video`; None: keep the audio's head motion): its rotation,
+       translation and scale replace the motion's, ``options.pose_expression`` of its expression is
+       mixed in, its length fitted by ``options.pose_fit`` (:func:`kdtalker_core.driving.mix_motion`);
+    2. ``options.silence_calm > 0``: pauses of ``speech`` (16 kHz mono from the motion's frame 0)
+       calmed toward the portrait's own mouth (:func:`kdtalker_core.silence.calm_silences_from_audio`);
+    3. ``options.fps`` other than 25: resampled (:func:`kdtalker_core.retime.resample_motion`).
+
+    Default options return ``motion`` itself.
+    """
+    if pose is not None:
+        from .driving import mix_motion
+
+        motion = mix_motion(pose, motion, exp=options.pose_expression, fit=options.pose_fit)
+    if options.silence_calm > 0:
+        if speech is None:
+            raise InputError("calming silences needs the speech the motion was made from")
+        neutral = portrait.kp_info["exp"] if portrait is not None else None
+        motion = silence.calm_silences_from_audio(motion, speech, options.silence_calm, neutral_exp=neutral)
+    if abs(options.fps - motion.fps) > 1e-9 * motion.fps:
+        motion = retime.resample_motion(motion, options.fps)
+    return motion
 
 
 def generate(models: KDTalkerModels, image: Any, waveform: Any, sample_rate: int,

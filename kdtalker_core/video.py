@@ -59,7 +59,9 @@ class Mp4Writer:
         vstream = self._container.add_stream("libx264", rate=Fraction(self._fps).limit_denominator(1001))
         vstream.width, vstream.height = width + (width % 2), height + (height % 2)
         vstream.pix_fmt = "yuv420p"
-        vstream.options = {"crf": str(self.crf), "preset": "medium"}
+        # a short rate-control lookahead (x264's default is 40 frames at "medium") keeps the encoder's
+        # memory flat from ~20 frames on; at a fixed crf the quality barely changes
+        vstream.options = {"crf": str(self.crf), "preset": "medium", "rc-lookahead": "10"}
         self._vstream = vstream
         if self._audio is not None:
             self._astream = self._container.add_stream("aac", rate=self._sample_rate)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .all_in_one import KDTalker
 from .audio import KDTalkerEncodeAudio
+from .compose import KDTalkerComposeFaces
 from .driving import KDTalkerExtractVideoMotion, KDTalkerMixMotion
 from .models import KDTalkerLoadModels, register_model_folders
 from .motion import KDTalkerSampleMotion
@@ -41,6 +42,7 @@ NODES = [
     KDTalkerMouthOpenness,
     KDTalkerCalmSilences,
     KDTalkerFrameRate,
+    KDTalkerComposeFaces,
 ]
 
 __all__ = ["NODES", "register_model_folders", *(n.__name__ for n in NODES)]

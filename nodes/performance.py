@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..kdtalker_core import motion_edit, retarget, retime, silence
+from ..kdtalker_core import motion_edit, options, retarget, retime, silence
 from ..kdtalker_core.blink import DEFAULT_BLINK_DURATION
 from . import types as t
 
@@ -18,35 +18,57 @@ CATEGORY = "KDTalker/performance"
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
 
 
-def _blink_inputs() -> list:
-    return [
-        io.Float.Input("blinks_per_minute", default=0.0, min=0.0, max=60.0, step=1.0,
+def blink_inputs(optional: bool = False, seed: bool = True) -> list:
+    """Blink widgets (rate, duration, seed when ``seed``, eye openness); defaults change nothing.
+    ``optional`` for nodes whose saved workflows predate them."""
+    opt = options.DEFAULTS
+    inputs = [
+        io.Float.Input("blinks_per_minute", default=opt.blink_rate, min=0.0, max=options.MAX_BLINK_RATE,
+                       step=1.0, optional=optional,
                        tooltip="Average blinks per minute; 0 = no added blinks (the official output). "
                                "People blink about 10-20 times a minute; 15 looks natural."),
-        io.Float.Input("blink_duration", default=DEFAULT_BLINK_DURATION, min=0.05, max=1.0, step=0.01,
+        io.Float.Input("blink_duration", default=opt.blink_duration, min=options.MIN_BLINK_DURATION,
+                       max=options.MAX_BLINK_DURATION, step=0.01, optional=optional,
                        tooltip="Seconds from the start of a blink until the eye is open again "
                                "(0.1-0.4 is natural)."),
-        io.Int.Input("blink_seed", default=0, min=0, max=SEED_MAX,
+        io.Int.Input("blink_seed", default=0, min=0, max=SEED_MAX, optional=optional,
                      tooltip="Seed of the blink timing: other seeds blink at other moments."),
-        io.Float.Input("eye_openness", default=1.0, min=0.0, max=1.5, step=0.05,
+        io.Float.Input("eye_openness", default=opt.eye_open, min=0.0, max=options.MAX_EYE_OPEN, step=0.05,
+                       optional=optional,
                        tooltip="How open the eyes are relative to the photo: 1 unchanged, 0 closed, "
                                ">1 wider."),
     ]
+    return inputs if seed else [i for i in inputs if i.id != "blink_seed"]
 
 
-def render_performance_inputs() -> list:
-    """Render-time widgets (blinks, eye / mouth openness, stitching), for the Render node."""
+def mouth_openness_input(optional: bool = False) -> io.Float.Input:
+    return io.Float.Input("mouth_openness", default=options.DEFAULTS.mouth_open, min=0.0,
+                          max=options.MAX_MOUTH_OPEN, step=0.05, optional=optional,
+                          tooltip="1 unchanged, 0 holds the neutral mouth, >1 opens wider.")
+
+
+def render_performance_inputs(optional: bool = True) -> list:
+    """Render-time widgets (blinks, eye / mouth openness, stitching) for the Render nodes; optional by
+    default, so workflows saved before they existed keep loading (and render as before)."""
     return [
-        *_blink_inputs(),
-        io.Float.Input("mouth_openness", default=1.0, min=0.0, max=2.0, step=0.05,
+        *blink_inputs(optional),
+        io.Float.Input("mouth_openness", default=options.DEFAULTS.mouth_open, min=0.0,
+                       max=options.MAX_MOUTH_OPEN, step=0.05, optional=optional,
                        tooltip="Scales how far the mouth opens relative to the photo's mouth: 1 unchanged, "
                                "0 keeps the photo's mouth, 1.5 opens 50% more. Uses LivePortrait's lip "
                                "retargeting network when its file is loaded."),
-        io.Boolean.Input("stitching", default=False,
+        io.Boolean.Input("stitching", default=options.DEFAULTS.stitching, optional=optional,
                          tooltip="Apply LivePortrait's stitching network (needs "
                                  "stitching_retargeting_module): keeps the neck and shoulders aligned "
                                  "with the pasted-back photo. Off = the official KDTalker output."),
     ]
+
+
+def silence_strength_input(name: str = "silence_calm", optional: bool = False) -> io.Float.Input:
+    return io.Float.Input(name, default=options.DEFAULTS.silence_calm, min=0.0, max=1.0, step=0.05,
+                          optional=optional,
+                          tooltip="Calm silences: 0 = unchanged (official), 1 = mouth fully closed and head "
+                                  "fully settled in pauses of the speech.")
 
 
 def performance_options(blinks_per_minute: float = 0.0, blink_duration: float = DEFAULT_BLINK_DURATION,
@@ -69,7 +91,7 @@ class KDTalkerBlinks(io.ComfyNode):
             category=CATEGORY,
             description="Writes seeded, natural-looking blinks and an eye-openness setting into the motion "
                         "(eyelid keypoints only). Works without extra model files.",
-            inputs=[t.Motion.Input("motion", tooltip="The motion to edit."), *_blink_inputs()],
+            inputs=[t.Motion.Input("motion", tooltip="The motion to edit."), *blink_inputs()],
             outputs=[t.Motion.Output("motion", tooltip="The motion with blinks.")],
         )
 
@@ -93,8 +115,7 @@ class KDTalkerMouthOpenness(io.ComfyNode):
                         "a portrait is connected, else the clip's median).",
             inputs=[
                 t.Motion.Input("motion", tooltip="The motion to edit."),
-                io.Float.Input("mouth_openness", default=1.0, min=0.0, max=2.0, step=0.05,
-                               tooltip="1 unchanged, 0 holds the neutral mouth, >1 opens wider."),
+                mouth_openness_input(),
                 t.Portrait.Input("portrait", optional=True,
                                  tooltip="Optional: use the photo's own mouth as the neutral mouth."),
             ],
@@ -124,9 +145,7 @@ class KDTalkerCalmSilences(io.ComfyNode):
                 t.AudioFeatures.Input("audio_features",
                                       tooltip="The Encode Audio output the motion was sampled from: its "
                                               "speech decides where the pauses are."),
-                io.Float.Input("strength", default=0.0, min=0.0, max=1.0, step=0.05,
-                               tooltip="0 = unchanged (official), 1 = mouth fully closed and head fully "
-                                       "settled in pauses."),
+                silence_strength_input("strength"),
                 io.Boolean.Input("calm_mouth", default=True, tooltip="Close the mouth during pauses."),
                 io.Boolean.Input("calm_head", default=True,
                                  tooltip="Pull the head toward its slow average pose during pauses."),
@@ -167,7 +186,7 @@ class KDTalkerFrameRate(io.ComfyNode):
                         "audio stays aligned.",
             inputs=[
                 t.Motion.Input("motion", tooltip="The motion to resample."),
-                io.Float.Input("fps", default=25.0, min=1.0, max=240.0, step=1.0,
+                io.Float.Input("fps", default=options.MODEL_FPS, min=options.MIN_FPS, max=options.MAX_FPS, step=1.0,
                                tooltip="Output frames per second (24, 25, 30, 50, 60 ...); the frame count "
                                        "becomes round(duration x fps)."),
             ],

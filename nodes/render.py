@@ -2,7 +2,9 @@
 
 A frame range (``start_frame``, ``frame_count``) renders one segment of the clip, so a graph can
 push a long clip through IMAGE nodes (upscalers, face restorers) in parts; every frame depends
-only on its own motion, so segments put together equal one pass.
+only on its own motion (blink timing is computed over the whole clip), so segments put together
+equal one pass. Blinks, eye / mouth openness and stitching act at render time (optional inputs,
+off by default: :mod:`.performance`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from comfy_api.latest import io
 from ..kdtalker_core import pipeline
 from ..kdtalker_core.errors import InputError
 from ..kdtalker_core.motion import Motion
+from . import performance as perf
 from . import types as t
 from . import widgets as w
 from .models import ModelHandle
@@ -47,6 +50,7 @@ class KDTalkerRender(io.ComfyNode):
                                tooltip="Optional: the audio output of Encode Audio. The part under the "
                                        "rendered frames is passed through (cut or padded to their length); "
                                        "without it the audio output is silence of that length."),
+                *perf.render_performance_inputs(),
             ],
             outputs=[
                 io.Image.Output("images", tooltip="The frames (T,H,W,3)."),
@@ -58,12 +62,15 @@ class KDTalkerRender(io.ComfyNode):
 
     @classmethod
     def execute(cls, portrait, motion, models: ModelHandle, chunk_size: int, paste_back: bool,
-                start_frame: int = 0, frame_count: int = 0, audio: dict[str, Any] | None = None) -> io.NodeOutput:
-        segment = frame_range(motion, start_frame, frame_count)
+                start_frame: int = 0, frame_count: int = 0, audio: dict[str, Any] | None = None,
+                **performance: Any) -> io.NodeOutput:
+        frames = frame_slice(motion, start_frame, frame_count)
+        options = perf.performance_options(**performance)
         progress = NodeProgress()
         try:
-            result = pipeline.render(models.acquire(), portrait, segment, chunk_size=chunk_size,
-                                     paste_back=paste_back, callback=progress.stage("work"))
+            result = pipeline.render(models.acquire(), portrait, motion, chunk_size=chunk_size,
+                                     paste_back=paste_back, performance=options, frames=frames,
+                                     callback=progress.stage("work"))
         finally:
             models.release()
         seconds = result.frames.shape[0] / result.fps
@@ -72,8 +79,9 @@ class KDTalkerRender(io.ComfyNode):
         return io.NodeOutput(t.as_image(result.frames), t.as_mask(result.mask), out_audio, float(result.fps))
 
 
-def frame_range(motion: Motion, start_frame: int, frame_count: int) -> Motion:
-    """Frames ``start_frame .. start_frame + frame_count - 1`` of ``motion`` (``frame_count`` 0: to the end)."""
+def frame_slice(motion: Motion, start_frame: int, frame_count: int) -> slice | None:
+    """Frames ``start_frame .. start_frame + frame_count - 1`` of ``motion`` as a slice (``frame_count``
+    0: to the end; None: the whole motion). Raises InputError for a start past the end."""
     total = motion.num_frames
     if start_frame < 0 or frame_count < 0:
         raise InputError(f"Render: start_frame and frame_count must be >= 0, got {start_frame} and {frame_count}.")
@@ -81,6 +89,10 @@ def frame_range(motion: Motion, start_frame: int, frame_count: int) -> Motion:
         raise InputError(f"Render: start_frame {start_frame} is past the end of the motion ({total} frames, "
                          f"0..{total - 1}). Lower start_frame.")
     stop = total if frame_count == 0 else min(total, start_frame + frame_count)
-    if start_frame == 0 and stop == total:
-        return motion
-    return Motion(motion.data[start_frame:stop], motion.fps)
+    return None if start_frame == 0 and stop == total else slice(start_frame, stop)
+
+
+def frame_range(motion: Motion, start_frame: int, frame_count: int) -> Motion:
+    """Frames ``start_frame .. start_frame + frame_count - 1`` of ``motion`` (``frame_count`` 0: to the end)."""
+    frames = frame_slice(motion, start_frame, frame_count)
+    return motion if frames is None else Motion(motion.data[frames], motion.fps)

@@ -39,8 +39,18 @@ def smoothing_input() -> io.Float.Input:
 
 def fps_input() -> io.Float.Input:
     return io.Float.Input("fps", default=DEFAULTS.fps, min=options.MIN_FPS, max=options.MAX_FPS, step=1.0,
-                          tooltip="Video frame rate. KDTalker was trained at 25 fps; other rates "
-                                  "work but lip sync is best at 25.")
+                          tooltip=f"Video frame rate. The audio features are always made at "
+                                  f"{options.MODEL_FPS:g} fps (the model's rate); Sample Motion resamples its "
+                                  "motion to this rate, so lip sync is the same at any rate.")
+
+
+def output_fps_input(optional: bool = False) -> io.Float.Input:
+    """Output frame rate of a node that runs the whole pipeline (the motion is resampled to it)."""
+    return io.Float.Input("fps", default=DEFAULTS.fps, min=options.MIN_FPS, max=options.MAX_FPS, step=1.0,
+                          optional=optional,
+                          tooltip=f"Output frame rate (24, 25, 30, 50, 60 ...). The motion is always made at "
+                                  f"{options.MODEL_FPS:g} fps, the model's rate, then resampled: lip sync is "
+                                  "the same at any rate and the audio stays aligned.")
 
 
 def chunk_size_input() -> io.Int.Input:

@@ -487,3 +487,35 @@ def test_performance_nodes(perf_nodes, speech_with_pause):
     assert perf.performance_options().is_identity
     assert [i.id for i in perf.render_performance_inputs()] == [
         "blinks_per_minute", "blink_duration", "blink_seed", "eye_openness", "mouth_openness", "stitching"]
+
+
+def test_render_nodes_take_optional_performance_inputs_and_all_in_one_adds_fps_and_video(perf_nodes):
+    """Render, Render Video and the all-in-one node get the new knobs as optional widgets (saved workflows
+    keep loading); the all-in-one node's VIDEO output comes after its old outputs."""
+    perf, nodes_pkg = perf_nodes
+    by_id = {n.GET_SCHEMA().node_id: n for n in nodes_pkg.NODES}
+    wanted = [i.id for i in perf.render_performance_inputs()]
+    for node_id in ("KDTalkerRender", "KDTalkerRenderVideo"):
+        inputs = {i.id: i for i in by_id[node_id].GET_SCHEMA().inputs}
+        assert all(inputs[k].optional for k in wanted), node_id
+        assert inputs["blinks_per_minute"].default == 0.0 and inputs["stitching"].default is False
+    one = by_id["KDTalker"].GET_SCHEMA()
+    inputs = {i.id: i for i in one.inputs}
+    for k in ("fps", "blinks_per_minute", "silence_calm"):
+        assert inputs[k].optional and len(inputs[k].tooltip) > 20, k
+    assert inputs["fps"].default == 25.0 and inputs["silence_calm"].default == 0.0
+    assert [(o.id, o.io_type) for o in one.outputs] == [
+        ("images", "IMAGE"), ("audio", "AUDIO"), ("fps", "FLOAT"), ("video", "VIDEO")]
+
+
+def test_motion_scale_renders_the_motions_own_scale():
+    """Absolute driving uses the portrait's scale unless motion_scale is on (a driving video's zoom)."""
+    motion, info, _, x_plain = _driving(8)
+    data = motion.data.clone()
+    data[:, 0] = torch.linspace(0.8, 1.2, 8) * info["scale"].reshape(())
+    zoomed = motion.with_data(data)
+    assert torch.equal(driving_keypoints(zoomed, info), x_plain), "scale column ignored by default"
+    x_zoom = driving_keypoints(zoomed, info, motion_scale=True)
+    t_xy = zoomed.t[:, None] * torch.tensor([1.0, 1.0, 0.0])  # t_z is dropped
+    k = torch.linspace(0.8, 1.2, 8).reshape(8, 1, 1)
+    torch.testing.assert_close(x_zoom - t_xy, k * (x_plain - t_xy), atol=1e-5, rtol=1e-5)

@@ -17,6 +17,7 @@ import torch
 from kdtalker_core import cli, options, pipeline, precision
 from kdtalker_core.audio import load_audio_file
 from kdtalker_core.errors import AudioError, InputError
+from kdtalker_core.motion import Motion
 from kdtalker_core.video import Mp4Writer, probe_mp4
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -316,3 +317,196 @@ def test_cli_download_explains_what_to_do_when_it_cannot(tmp_path, capsys, monke
     rc, _, err = _run_cli(["download", "--models-dir", str(tmp_path)], capsys)
     assert rc == 2 and err.startswith("error: ") and "huggingface_hub" in err and "README" in err
     assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- frame rate and performance options
+
+
+def test_fps_30_on_two_seconds_of_speech_gives_60_frames_and_aligned_speech(sample_portrait):
+    """Motion is made at 25 fps whatever --fps: 2 s of speech = 50 motion frames -> 60 output frames at
+    30 fps, and the speech handed to the video covers exactly those frames (2 s)."""
+    job = options.GenerateOptions(fps=30, duration_seconds=2.0)
+    inputs = pipeline.read_inputs(sample_portrait, SPEECH, job)
+    assert inputs.speech.shape == (32000,) and inputs.motion_frames == 50 and inputs.num_frames == 60
+    assert pipeline.read_inputs(sample_portrait, SPEECH, job.replace(fps=24)).num_frames == 48
+    # a clip that is not a whole number of output frames: the speech is cut / padded to the frames
+    motion = Motion(torch.zeros(51, 70), 25.0)
+    at_30 = pipeline.shape_motion(motion, job)
+    assert (at_30.num_frames, at_30.fps) == (61, 30.0)  # round(2.04 s * 30)
+    speech = torch.arange(1, 51 * 640 + 1, dtype=torch.float32)
+    fitted = pipeline.speech_for_frames(speech, at_30.num_frames, at_30.fps)
+    assert torch.equal(fitted, speech[:round(61 / 30 * 16000)])  # 2.033 s: cut
+    assert pipeline.shape_motion(Motion(torch.zeros(49, 70), 25.0), job).num_frames == 59  # 1.96 s -> 1.967 s
+    padded = pipeline.speech_for_frames(speech[:49 * 640], 59, 30.0)
+    assert padded.shape == (round(59 / 30 * 16000),) and torch.equal(padded[:49 * 640], speech[:49 * 640])
+    assert not padded[49 * 640:].any(), "padded with silence"
+    assert pipeline.speech_for_frames(speech, 51, 25.0) is speech
+    # defaults: the sampled motion itself, untouched
+    assert pipeline.shape_motion(motion, options.DEFAULTS) is motion
+
+
+def test_performance_options_are_validated_and_default_to_off():
+    d = options.DEFAULTS
+    assert d.performance().is_identity and d.pose_video is None
+    for name, bad in (("blink_rate", -1.0), ("blink_duration", 0.0), ("eye_open", 2.0), ("mouth_open", -0.1),
+                      ("silence_calm", 1.5), ("pose_mode", "sideways"), ("pose_fit", "stretch"),
+                      ("pose_expression", 2.0), ("blink_rate", float("nan"))):
+        with pytest.raises(InputError, match=name):
+            d.replace(**{name: bad})
+    perf = d.replace(blink_rate=12, eye_open=0.5, mouth_open=1.3, stitching=True, seed=7).performance()
+    assert (perf.blink_rate, perf.blink_seed, perf.eye_open, perf.mouth_open, perf.stitching) == (12, 7, 0.5, 1.3, True)
+    args = cli.build_parser().parse_args(
+        ["generate", "--blink-rate", "15", "--blink-duration", "0.3", "--eye-open", "0.8", "--mouth-open", "1.2",
+         "--silence-calm", "0.5", "--stitching", "--fps", "30", "--pose-video", "clip.mp4", "--pose-mode",
+         "absolute", "--pose-fit", "pingpong", "--pose-expression", "0.25"])
+    got = options.GenerateOptions.from_mapping(vars(args))
+    assert got == d.replace(blink_rate=15, blink_duration=0.3, eye_open=0.8, mouth_open=1.2, silence_calm=0.5,
+                            stitching=True, fps=30, pose_video="clip.mp4", pose_mode="absolute", pose_fit="pingpong",
+                            pose_expression=0.25)
+    choices = {a.dest: a.choices for a in _generate_parser()._actions if a.choices}
+    assert tuple(choices["pose_mode"]) == options.POSE_MODES and tuple(choices["pose_fit"]) == options.POSE_FITS
+
+
+def test_missing_pose_video_fails_before_loading_models(tmp_path, capsys, sample_portrait):
+    rc, _, err = _run_cli(["generate", "--models-dir", str(tmp_path), "--image", str(sample_portrait), "--audio",
+                           str(SPEECH), "--pose-video", str(tmp_path / "nope.mp4"), "--out",
+                           str(tmp_path / "o.mp4")], capsys)
+    assert rc == 2 and "nope.mp4" in err and "does not exist" in err
+
+
+@pytest.mark.slow
+def test_cli_fps_30_writes_frames_at_30_fps_with_speech_of_the_same_length(official_models_dir, tmp_path, capsys,
+                                                                             sample_portrait):
+    out = tmp_path / "talk30.mp4"
+    rc, stdout, err = _run_cli(["generate", "--models-dir", str(official_models_dir), "--image",
+                                str(sample_portrait), "--audio", str(SPEECH), "--duration-seconds", "0.2",
+                                "--steps", "2", "--chunk-size", "3", "--fps", "30", "--out", str(out)], capsys)
+    assert rc == 0, err
+    assert "6 frames (0.20 s at 30 fps)" in stdout
+    info = probe_mp4(out)
+    assert info["frames"] == 6 and info["fps"] == 30.0 and abs(info["video_seconds"] - 0.2) < 1e-9
+    assert abs(info["audio_seconds"] - 0.2) < 0.07  # AAC pads to whole 1024-sample frames
+
+
+def _photo(sample_portrait) -> np.ndarray:
+    import imageio.v3 as iio
+
+    return iio.imread(sample_portrait)
+
+
+@pytest.fixture(scope="module")
+def default_run(models, sample_portrait):
+    """run() with default options (2 steps, two 25 fps frames) and the same job done stage by stage."""
+    waveform, sr = load_audio_file(SPEECH)
+    job = options.GenerateOptions(steps=2, chunk_size=2, start_seconds=0.5, duration_seconds=0.08)
+    inputs = pipeline.check_inputs(_photo(sample_portrait), waveform, sr, job)
+    return inputs, pipeline.run(models, inputs)
+
+
+@pytest.mark.slow
+def test_default_options_reproduce_the_stage_by_stage_path_bit_for_bit(models, default_run, sample_portrait):
+    inputs, result = default_run
+    waveform, sr = load_audio_file(SPEECH)
+    audio = pipeline.encode_audio(models, waveform, sr, start_seconds=0.5, duration_seconds=0.08)
+    portrait = pipeline.prepare_portrait(models, _photo(sample_portrait))
+    motion = pipeline.sample_motion(models, portrait, audio, steps=2)
+    frames = pipeline.render(models, portrait, motion, chunk_size=2).frames
+    assert torch.equal(result.motion.data, motion.data) and result.motion.fps == 25.0
+    assert torch.equal(result.speech, audio.waveform_16k)
+    assert torch.equal(result.frames, frames)
+
+
+@pytest.mark.slow
+def test_eye_mouth_and_stitching_options_reach_the_renderer(models, default_run):
+    """Render-time options change x_d (and so the frames) without touching the motion."""
+    inputs, base = default_run
+    assert models.retarget_eye is not None and models.retarget_lip is not None and models.stitching is not None
+    assert {"retarget_eye", "retarget_lip", "stitching"} <= set(models.modules())
+    job = inputs.options.replace(eye_open=0.3, mouth_open=1.6)
+    result = pipeline.run(models, dataclasses.replace(inputs, options=job))
+    assert torch.equal(result.motion.data, base.motion.data), "render-time options leave the motion alone"
+    assert not torch.equal(result.frames, base.frames)
+    portrait = pipeline.prepare_portrait(models, inputs.photo, crop=inputs.crop)
+    x_plain = pipeline.driving_keypoints(models, portrait, base.motion)
+    x_eyes = pipeline.driving_keypoints(models, portrait, base.motion,
+                                        performance=options.DEFAULTS.replace(eye_open=0.3).performance())
+    assert not torch.equal(x_eyes, x_plain)
+    assert torch.equal(pipeline.driving_keypoints(models, portrait, base.motion,
+                                                  performance=options.DEFAULTS.performance()), x_plain)
+    # blinks (3 s at 30 a minute): x_d moves where the eyelids close, nowhere else
+    from kdtalker_core.blink import blink_curve
+
+    still = Motion(base.motion.data[:1].repeat(75, 1), 25.0)
+    blinks = options.DEFAULTS.replace(blink_rate=30.0, seed=3).performance()
+    moved = (pipeline.driving_keypoints(models, portrait, still, performance=blinks)
+             - pipeline.driving_keypoints(models, portrait, still)).abs().amax((1, 2)).cpu() > 1e-5
+    closure = blink_curve(75, 25.0, 30.0, blinks.blink_duration, 3)
+    assert moved.any() and not moved[closure == 0].any() and moved[closure > 0.05].all()
+    # stitching changes x_d too
+    stitched = options.DEFAULTS.replace(stitching=True).performance()
+    assert not torch.equal(pipeline.driving_keypoints(models, portrait, base.motion, performance=stitched), x_plain)
+    # a frame range renders exactly those frames of the whole clip
+    one = pipeline.render(models, portrait, base.motion, frames=slice(1, 2), chunk_size=1)
+    assert one.frames.shape[0] == 1 and torch.equal(one.frames[0], base.frames[1])
+
+
+@pytest.mark.slow
+def test_silence_calming_and_frame_rate_shape_the_sampled_motion(models, sample_portrait, sample_speech):
+    """run()'s motion = sample at 25 fps -> calm silences -> resample; calming changes pause frames only."""
+    speech = torch.cat([load_audio_file(SPEECH)[0].reshape(-1)[:16000], torch.zeros(12800)])  # 1 s speech, 0.8 s pause
+    job = options.GenerateOptions(steps=2, silence_calm=1.0)
+    inputs = pipeline.check_inputs(_photo(sample_portrait), speech, 16000, job)
+    portrait = pipeline.prepare_portrait(models, inputs.photo, crop=inputs.crop)
+    audio = pipeline.encode_audio(models, inputs.speech, 16000)
+    sampled = pipeline.sample_motion(models, portrait, audio, steps=2)
+    calm = pipeline.shape_motion(sampled, job, speech=audio.waveform_16k, portrait=portrait)
+    changed = (calm.data != sampled.data).any(1)
+    assert changed[-10:].all() and not changed[:20].any(), "only the pause at the end is calmed"
+    at_30 = pipeline.shape_motion(sampled, job.replace(fps=30), speech=audio.waveform_16k, portrait=portrait)
+    from kdtalker_core import retime
+
+    assert torch.equal(at_30.data, retime.resample_motion(calm, 30).data) and at_30.num_frames == 54
+
+
+@pytest.mark.slow
+def test_pose_video_drives_the_head_and_speech_keeps_the_lips(models, default_run, tmp_path):
+    """A driving clip made from the portrait itself (shifted): relative pose -> frame 0 has the portrait's
+    own head pose; the expression stays the speech motion's; the motion's scale is rendered."""
+    from kdtalker_core.video import write_mp4
+
+    inputs, base = default_run
+    photo = torch.from_numpy(inputs.photo).float() / 255
+    clip = torch.stack([torch.roll(photo, shifts=(4 * i, 3 * i), dims=(0, 1)) for i in range(3)])
+    video = tmp_path / "pose.mp4"
+    write_mp4(video, [clip], 25.0)
+    job = inputs.options.replace(pose_video=str(video))
+    log, on_stage = _stage_log()
+    result = pipeline.run(models, dataclasses.replace(inputs, options=job), on_stage=on_stage)
+    assert [s for s, d, t in log if d == 0] == ["audio", "portrait", pipeline.POSE_STAGE, "motion", "render",
+                                                 "encode"]
+    src = {k: v.cpu() for k, v in pipeline.prepare_portrait(models, inputs.photo, crop=inputs.crop).kp_info.items()}
+    m = result.motion.data.cpu()
+    assert m.shape == base.motion.data.shape
+    torch.testing.assert_close(m[0, 1:4], torch.cat([src["yaw"], src["pitch"], src["roll"]], 1)[0],
+                               atol=1e-3, rtol=0)
+    torch.testing.assert_close(m[0, 0], src["scale"].reshape(()), atol=1e-5, rtol=0)
+    assert torch.equal(m[:, 7:], base.motion.data.cpu()[:, 7:]), "the lips still follow the speech"
+    assert not torch.equal(m[:, 1:7], base.motion.data.cpu()[:, 1:7])
+    assert result.frames.shape == base.frames.shape and not torch.equal(result.frames, base.frames)
+
+
+@pytest.mark.slow
+def test_encode_audio_always_feeds_the_model_25_fps_features(models, sample_portrait):
+    """encode_audio(fps=30) (the Encode Audio node's fps) makes the same 25 fps features; sample_motion
+    then resamples its motion to 30 fps (no rendering here)."""
+    waveform, sr = load_audio_file(SPEECH)
+    at_25 = pipeline.encode_audio(models, waveform, sr, duration_seconds=0.4)
+    at_30 = pipeline.encode_audio(models, waveform, sr, fps=30, duration_seconds=0.4)
+    assert at_30.fps == 25.0 and at_30.output_fps == 30.0 and torch.equal(at_30.features, at_25.features)
+    portrait = pipeline.prepare_portrait(models, _photo(sample_portrait))
+    motion_25 = pipeline.sample_motion(models, portrait, at_25, steps=2)
+    motion_30 = pipeline.sample_motion(models, portrait, at_30, steps=2)
+    from kdtalker_core import retime
+
+    assert motion_25.num_frames == 10 and motion_30.num_frames == 12 and motion_30.fps == 30.0
+    assert torch.equal(motion_30.data, retime.resample_motion(motion_25, 30).data)
