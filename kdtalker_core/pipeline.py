@@ -263,6 +263,11 @@ def prepare_portrait(
     return Portrait(photo_t, crop, source, feature_3d, kp_info, x_s, mask)
 
 
+
+def portrait_of(models: KDTalkerModels, inputs: Inputs) -> Portrait:
+    """The :class:`Portrait` of checked inputs (their face crop is reused, not detected again)."""
+    return prepare_portrait(models, inputs.photo, crop=inputs.crop, name=inputs.image_name)
+
 # --------------------------------------------------------------------------- audio
 
 
@@ -660,8 +665,7 @@ def run(models: KDTalkerModels, inputs: Inputs, *, on_stage: StageCallback | Non
 
     audio = timed("audio", 1, lambda: encode_audio(models, inputs.speech, SPEECH_RATE, fps=MODEL_FPS))
     prepared = portrait
-    portrait = timed("portrait", 1, lambda: prepared if prepared is not None else prepare_portrait(
-        models, inputs.photo, crop=inputs.crop, name=inputs.image_name))
+    portrait = timed("portrait", 1, lambda: prepared if prepared is not None else portrait_of(models, inputs))
     pose = None
     if opts.pose_video is not None:
         pose = timed(POSE_STAGE, 1, lambda: pose_from_video(models, portrait, opts, audio.num_frames / MODEL_FPS))

@@ -90,6 +90,7 @@ class Mp4Writer:
                 _mux_audio(self._container, self._astream, self._audio, self._sample_rate)
             self._container.close()
             self._container = None
+            os.chmod(self._tmp, 0o666 & ~_umask())  # mkstemp made it owner-only; give it a normal file's mode
             os.replace(self._tmp, self.path)
         except BaseException:
             self.abort()
@@ -169,3 +170,10 @@ def probe_mp4(path: str | Path) -> dict[str, float]:
         if audio_samples:
             info["audio_seconds"] = audio_samples / info["audio_sample_rate"]
     return info
+
+
+def _umask() -> int:
+    """The process umask (read by setting and restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

@@ -7,6 +7,7 @@ the frames are meaningless, but every shape, file and byte that reaches the user
 from __future__ import annotations
 
 import dataclasses
+import os
 import wave
 from pathlib import Path
 
@@ -156,6 +157,9 @@ def test_mp4_writer_streams_chunks_and_appears_only_when_finished(tmp_path, samp
         writer.write(photo[None].expand(n, -1, -1, -1))
     assert not out.exists()
     assert writer.finish() == 5 and [p.name for p in tmp_path.iterdir()] == ["clip.mp4"]
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask, "a normal file's mode, not the temp file's 0600"
     info = probe_mp4(out)
     assert info["frames"] == 5 and info["fps"] == 25.0 and abs(info["audio_seconds"] - 0.2) < 0.07
 
