@@ -25,8 +25,7 @@ scaled down only if the sum would clip.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -312,19 +311,8 @@ def run(
     denoiser steps over all faces).
     """
     opts = inputs.options
-    seconds: dict[str, float] = {}
-
-    def report(stage: str, done: int, total: int) -> None:
-        if on_stage is not None:
-            on_stage(stage, done, total)
-
-    def timed(stage: str, total: int, work: Callable[[], Any]) -> Any:
-        report(stage, 0, total)
-        t0 = time.perf_counter()
-        out = work()
-        seconds[stage] = time.perf_counter() - t0
-        report(stage, total, total)
-        return out
+    clock = pipeline.StageClock(on_stage)
+    report, timed = clock.report, clock.timed
 
     tracks = timed("audio", 1, lambda: pad_tracks(inputs.speeches))
     portraits = timed("portrait", len(inputs.crops), lambda: [
@@ -348,22 +336,9 @@ def run(
     mix = mix_tracks(tracks)[:n_samples]
     mix = torch.nn.functional.pad(mix, (0, n_samples - mix.shape[0]))
 
-    out = sink if sink is not None else pipeline.FrameCollector()
     takes = [FaceTake(p, m) for p, m in zip(portraits, face_motions)]
-
-    def render_all() -> None:
-        for chunk in iter_compose(models, takes, chunk_size=opts.chunk_size,
-                                  callback=lambda d, t: report("render", d, t) if d < t else None):
-            out.write(chunk)
-
-    out.start(opts.fps, mix, SPEECH_RATE)
-    try:
-        timed("render", total, render_all)
-        timed("encode", 1, out.finish)
-    except BaseException:
-        out.abort()
-        raise
-    frames = out.frames if isinstance(out, pipeline.FrameCollector) else None
+    chunks = iter_compose(models, takes, chunk_size=opts.chunk_size)
+    frames, _ = pipeline.stream_frames(chunks, total, float(opts.fps), mix, sink, clock)
     return MultiResult(frames=frames, num_frames=total, fps=float(opts.fps), mask=composite_mask(portraits),
                        speech=mix, motions=face_motions, portraits=portraits,
-                       precision=models.precision, seconds=seconds)
+                       precision=models.precision, seconds=clock.seconds)

@@ -649,19 +649,8 @@ def run(models: KDTalkerModels, inputs: Inputs, *, on_stage: StageCallback | Non
     earlier, e.g. kept by a batch for several jobs, used instead of preparing it again.
     """
     opts = inputs.options
-    seconds: dict[str, float] = {}
-
-    def report(stage: str, done: int, total: int) -> None:
-        if on_stage is not None:
-            on_stage(stage, done, total)
-
-    def timed(stage: str, total: int, work: Callable[[], Any]) -> Any:
-        report(stage, 0, total)
-        t0 = time.perf_counter()
-        out = work()
-        seconds[stage] = time.perf_counter() - t0
-        report(stage, total, total)
-        return out
+    clock = StageClock(on_stage)
+    report, timed = clock.report, clock.timed
 
     audio = timed("audio", 1, lambda: encode_audio(models, inputs.speech, SPEECH_RATE, fps=MODEL_FPS))
     prepared = portrait
@@ -680,30 +669,67 @@ def run(models: KDTalkerModels, inputs: Inputs, *, on_stage: StageCallback | Non
     motion = timed("motion", n_steps, make_motion)
     speech = speech_for_frames(audio.waveform_16k, motion.num_frames, motion.fps)
 
-    out = sink if sink is not None else FrameCollector()
     total = motion.num_frames
+    chunks = iter_render(models, portrait, motion, chunk_size=opts.chunk_size, paste_back=opts.paste_back,
+                         motion_scale=pose is not None, performance=opts.performance())
+    frames, frame_hw = stream_frames(chunks, total, motion.fps, speech, sink, clock)
+    return GenerateResult(frames=frames, num_frames=total, fps=motion.fps,
+                          mask=_output_mask(portrait, opts.paste_back, frame_hw), speech=speech,
+                          motion=motion, precision=models.precision, seconds=clock.seconds)
+
+
+class StageClock:
+    """Reports stage progress to an ``on_stage(stage, done, total)`` callback and times each stage.
+
+    ``seconds`` maps each finished stage to its wall time. The callback may raise to cancel.
+    """
+
+    def __init__(self, on_stage: StageCallback | None = None) -> None:
+        self.on_stage = on_stage
+        self.seconds: dict[str, float] = {}
+
+    def report(self, stage: str, done: int, total: int) -> None:
+        """Forward one progress report (no-op without a callback)."""
+        if self.on_stage is not None:
+            self.on_stage(stage, done, total)
+
+    def timed(self, stage: str, total: int, work: Callable[[], Any]) -> Any:
+        """Run ``work()`` as ``stage``: reports ``(0, total)`` first and ``(total, total)`` last."""
+        self.report(stage, 0, total)
+        t0 = time.perf_counter()
+        out = work()
+        self.seconds[stage] = time.perf_counter() - t0
+        self.report(stage, total, total)
+        return out
+
+
+def stream_frames(chunks: Iterator[torch.Tensor], total: int, fps: float, speech: torch.Tensor,
+                  sink: FrameSink | None, clock: StageClock) -> tuple[torch.Tensor | None, tuple[int, int]]:
+    """The "render" and "encode" stages: every chunk (n,H,W,3) of ``chunks`` (``total`` frames in
+    all) into ``sink`` (default: a :class:`FrameCollector`), with ``speech`` (16 kHz) as its sound.
+
+    Returns the collected frames (None when streamed to a caller's sink) and the frame size (H,W).
+    On any error or cancel the sink is aborted (no half-written file).
+    """
+    out = sink if sink is not None else FrameCollector()
 
     def render_all() -> tuple[int, int]:
         done, frame_hw = 0, (0, 0)
-        for chunk in iter_render(models, portrait, motion, chunk_size=opts.chunk_size, paste_back=opts.paste_back,
-                                 motion_scale=pose is not None, performance=opts.performance()):
+        for chunk in chunks:
             out.write(chunk)
             done, frame_hw = done + int(chunk.shape[0]), tuple(chunk.shape[1:3])
             if done < total:
-                report("render", done, total)
+                clock.report("render", done, total)
         return frame_hw
 
-    out.start(motion.fps, speech, SPEECH_RATE)
+    out.start(fps, speech, SPEECH_RATE)
     try:
-        frame_hw = timed("render", total, render_all)
-        timed("encode", 1, out.finish)
+        frame_hw = clock.timed("render", total, render_all)
+        clock.timed("encode", 1, out.finish)
     except BaseException:
         out.abort()
         raise
-    frames = out.frames if isinstance(out, FrameCollector) else None
-    return GenerateResult(frames=frames, num_frames=total, fps=motion.fps,
-                          mask=_output_mask(portrait, opts.paste_back, frame_hw), speech=speech,
-                          motion=motion, precision=models.precision, seconds=seconds)
+    return (out.frames if isinstance(out, FrameCollector) else None), frame_hw
 
 
 @torch.inference_mode()
