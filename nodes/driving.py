@@ -30,7 +30,8 @@ class KDTalkerExtractVideoMotion(io.ComfyNode):
                         "frame to the portrait's own pose. Combine with the speech motion in Mix Motion.",
             inputs=[
                 io.Image.Input("video", tooltip="The driving video as an IMAGE batch (one image per frame), "
-                                                "e.g. from Load Video. The face is found on the first frame."),
+                                                "e.g. Load Video -> Get Video Components (images; wire its fps "
+                                                "to fps too). The face is found on the first frame."),
                 t.Portrait.Input("portrait", tooltip="From Prepare Portrait: the face the motion is for (its "
                                                      "pose is the starting point, its crop mode is used)."),
                 t.Models.Input("models", tooltip="From Load KDTalker Models (uses the motion extractor)."),
@@ -59,11 +60,14 @@ class KDTalkerExtractVideoMotion(io.ComfyNode):
     def execute(cls, video, portrait, models: ModelHandle, fps: float, pose_mode: str, crop_smoothing: float,
                 face_index: int) -> io.NodeOutput:
         progress = NodeProgress()
-        result = driving.extract_video_motion(
-            models.acquire().motion_extractor, video, portrait.kp_info, fps=fps, mode=pose_mode,
-            crop_mode=portrait.crop.mode, smoothing=crop_smoothing, face_index=face_index,
-            callback=progress.stage("work"),
-        )
+        try:
+            result = driving.extract_video_motion(
+                models.acquire().motion_extractor, video, portrait.kp_info, fps=fps, mode=pose_mode,
+                crop_mode=portrait.crop.mode, smoothing=crop_smoothing, face_index=face_index,
+                callback=progress.stage("work"),
+            )
+        finally:
+            models.release()
         return io.NodeOutput(result.motion, t.as_image(driving.crops_as_image(result.crops)))
 
 

@@ -4,7 +4,8 @@ A frame range (``start_frame``, ``frame_count``) renders one segment of the clip
 push a long clip through IMAGE nodes (upscalers, face restorers) in parts; every frame depends
 only on its own motion (blink timing is computed over the whole clip), so segments put together
 equal one pass. Blinks, eye / mouth openness and stitching act at render time (optional inputs,
-off by default: :mod:`.performance`).
+off by default: :mod:`.performance`); ``motion_scale`` (optional, off) renders the motion's own head
+scale (a driving video's zoom) instead of the portrait's.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class KDTalkerRender(io.ComfyNode):
                                        "rendered frames is passed through (cut or padded to their length); "
                                        "without it the audio output is silence of that length."),
                 *perf.render_performance_inputs(),
+                motion_scale_input(),
             ],
             outputs=[
                 io.Image.Output("images", tooltip="The frames (T,H,W,3)."),
@@ -63,20 +65,29 @@ class KDTalkerRender(io.ComfyNode):
     @classmethod
     def execute(cls, portrait, motion, models: ModelHandle, chunk_size: int, paste_back: bool,
                 start_frame: int = 0, frame_count: int = 0, audio: dict[str, Any] | None = None,
-                **performance: Any) -> io.NodeOutput:
+                motion_scale: bool = False, **performance: Any) -> io.NodeOutput:
         frames = frame_slice(motion, start_frame, frame_count)
         options = perf.performance_options(**performance)
         progress = NodeProgress()
         try:
             result = pipeline.render(models.acquire(), portrait, motion, chunk_size=chunk_size,
-                                     paste_back=paste_back, performance=options, frames=frames,
-                                     callback=progress.stage("work"))
+                                     paste_back=paste_back, motion_scale=bool(motion_scale),
+                                     performance=options, frames=frames, callback=progress.stage("work"))
         finally:
             models.release()
         seconds = result.frames.shape[0] / result.fps
         start_seconds = start_frame / result.fps
         out_audio = t.audio_span(audio, start_seconds, seconds) if audio is not None else t.silence(seconds)
         return io.NodeOutput(t.as_image(result.frames), t.as_mask(result.mask), out_audio, float(result.fps))
+
+
+def motion_scale_input() -> io.Boolean.Input:
+    """The optional ``motion_scale`` switch of Render and Render Video (off: the official rendering)."""
+    return io.Boolean.Input(
+        "motion_scale", default=False, optional=True,
+        tooltip="Render the head scale stored in the motion (a driving video's zoom from Extract Video "
+                "Motion / Mix Motion). Off = the portrait's own scale, as the official KDTalker renders "
+                "speech motion.")
 
 
 def frame_slice(motion: Motion, start_frame: int, frame_count: int) -> slice | None:

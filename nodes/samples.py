@@ -1,9 +1,11 @@
-"""First run: put the bundled sample portrait and speech into ComfyUI's input folder.
+"""First run: put the bundled sample portrait and speech, and a sample driving clip, into ComfyUI's input folder.
 
 The example workflows load ``sample_portrait.jpg`` and ``sample_speech.wav`` with Load Image / Load
-Audio; with the files in input/ a new user can press Run right after picking the models. A file of
-the same name that is already there (the user's own) is never replaced, and a half-copied file is
-never left behind.
+Audio, and ``kdtalker_sample_driving.mp4`` (made at load time from the sample portrait by
+:func:`kdtalker_core.samples.write_sample_driving_video`, under a second) with Load Video; with the
+files in input/ a new user can press Run right after picking the models. A file of the same name
+that is already there (the user's own) is never replaced, and a half-written file is never left
+behind.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from pathlib import Path
 
 import folder_paths
 
+from ..kdtalker_core.samples import SAMPLE_DRIVING_NAME, write_sample_driving_video
+
 ASSETS = Path(__file__).resolve().parents[1] / "kdtalker_core" / "assets"
 #: The bundled inputs the example workflows reference, by file name.
 SAMPLE_INPUTS = ("sample_portrait.jpg", "sample_speech.wav")
@@ -23,7 +27,8 @@ log = logging.getLogger(__name__)
 
 
 def install_sample_inputs() -> list[Path]:
-    """Copy each sample into ``folder_paths.get_input_directory()`` unless that name exists there.
+    """Copy each sample (and write the sample driving clip) into ``folder_paths.get_input_directory()``
+    unless that name exists there.
 
     Returns the files written. Problems (read-only folder, full disk) are logged, not raised: the
     nodes work without the samples.
@@ -44,6 +49,13 @@ def install_sample_inputs() -> list[Path]:
                 written.append(target)
         except OSError as exc:
             log.warning("KDTalker: could not copy the sample %s into %s: %s", name, input_dir, exc)
+    target = input_dir / SAMPLE_DRIVING_NAME
+    if not os.path.lexists(target):
+        try:
+            if write_sample_driving_video(target):
+                written.append(target)
+        except Exception as exc:  # noqa: BLE001  (an encoder problem must not stop the nodes from loading)
+            log.warning("KDTalker: could not write the sample driving clip %s: %s", target, exc)
     return written
 
 

@@ -5,8 +5,8 @@ Frames go from the renderer straight into the H.264 encoder (the CLI's writer,
 speech need no more RAM than a second. The file appears under its final name only when it is
 complete; an error or Cancel leaves nothing in output/. The node returns ComfyUI's native VIDEO
 (backed by the file: it previews in the UI and wires into Save Video / Get Video Components) and
-the file's path. Blinks, eye / mouth openness and stitching act at render time (optional inputs,
-off by default, as on Render).
+the file's path. Blinks, eye / mouth openness, stitching and ``motion_scale`` act at render time
+(optional inputs, off by default, as on Render).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from . import types as t
 from . import widgets as w
 from .models import ModelHandle
 from .progress import NodeProgress
+from .render import motion_scale_input
 
 
 class KDTalkerRenderVideo(io.ComfyNode):
@@ -56,6 +57,7 @@ class KDTalkerRenderVideo(io.ComfyNode):
                                        "or padded to the length of the frames; without it the video is "
                                        "silent."),
                 *perf.render_performance_inputs(),
+                motion_scale_input(),
             ],
             outputs=[
                 io.Video.Output("video", tooltip="The mp4 as ComfyUI VIDEO (backed by the file)."),
@@ -67,7 +69,7 @@ class KDTalkerRenderVideo(io.ComfyNode):
     @classmethod
     def execute(cls, portrait, motion, models: ModelHandle, chunk_size: int, paste_back: bool,
                 filename_prefix: str, crf: int, audio: dict[str, Any] | None = None,
-                **performance: Any) -> io.NodeOutput:
+                motion_scale: bool = False, **performance: Any) -> io.NodeOutput:
         folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(
             filename_prefix, folder_paths.get_output_directory())
         file = f"{filename}_{counter:05}_.mp4"
@@ -76,7 +78,8 @@ class KDTalkerRenderVideo(io.ComfyNode):
         progress = NodeProgress()
         try:
             frames = pipeline.iter_render(models.acquire(), portrait, motion, chunk_size=chunk_size,
-                                          paste_back=paste_back, performance=perf.performance_options(**performance),
+                                          paste_back=paste_back, motion_scale=bool(motion_scale),
+                                          performance=perf.performance_options(**performance),
                                           callback=progress.stage("work"))
             waveform, sample_rate = track if track is not None else (None, 16000)
             write_mp4(path, frames, motion.fps, waveform, sample_rate, crf=crf)

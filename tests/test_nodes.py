@@ -42,7 +42,8 @@ WIDGET_TYPES = {"INT", "FLOAT", "BOOLEAN", "COMBO", "STRING"}
 
 # Sockets of the ComfyUI core / VideoHelperSuite nodes the example workflows use (from their source:
 # nodes.py LoadImage/PreviewImage, comfy_extras/nodes_audio.py LoadAudio, comfy_extras/nodes_video.py
-# CreateVideo/SaveVideo, videohelpersuite/nodes.py VideoCombine). inputs: name -> accepted types.
+# CreateVideo/SaveVideo/LoadVideo/GetVideoComponents, videohelpersuite/nodes.py VideoCombine). inputs: name ->
+# accepted types.
 FOREIGN_NODES: dict[str, tuple[dict[str, set[str]], list[str]]] = {
     "LoadImage": ({}, ["IMAGE", "MASK"]),
     "LoadAudio": ({}, ["AUDIO"]),
@@ -50,6 +51,8 @@ FOREIGN_NODES: dict[str, tuple[dict[str, set[str]], list[str]]] = {
     "CreateVideo": ({"images": {"IMAGE"}, "fps": {"FLOAT"}, "audio": {"AUDIO"}, "bit_depth": {"INT"}},
                     ["VIDEO"]),
     "SaveVideo": ({"video": {"VIDEO"}}, ["VIDEO"]),
+    "LoadVideo": ({}, ["VIDEO"]),
+    "GetVideoComponents": ({"video": {"VIDEO"}}, ["IMAGE", "AUDIO", "FLOAT", "INT"]),
     "ImageBatch": ({"image1": {"IMAGE"}, "image2": {"IMAGE"}}, ["IMAGE"]),
     "ImageFlip": ({"image": {"IMAGE"}}, ["IMAGE"]),
     "ImageStitch": ({"image1": {"IMAGE"}, "image2": {"IMAGE"}}, ["IMAGE"]),
@@ -494,6 +497,58 @@ def test_step_by_step_workflow(nodes, models_handle, progress_hook):
     assert results[crop_id][1].shape == (1, 256, 256, 3)
     render_ticks = [v for v, _ in progress_hook.values[-2:]]
     assert render_ticks == [500, 1000], "one progress update per rendered chunk"
+
+
+@pytest.mark.slow
+def test_pose_from_video_workflow(nodes, models_handle, comfy_root):
+    """workflows/kdtalker_pose_from_video.json on the driving clip that on_load wrote into input/: Load Video
+    and Get Video Components run as ComfyUI 0.33's do (comfy_extras/nodes_video.py), head pose from the
+    clip, lips from the speech, and Render's motion_scale (on in the workflow) renders the clip's zoom."""
+    from comfy_api.latest import InputImpl
+
+    frames, clip_len = 2, 5
+    image = _portrait_image()
+    inputs = {"LoadImage": (image, torch.zeros(image.shape[:3])), "LoadAudio": (_speech(frames / 25.0),),
+              "KDTalkerLoadModels": (models_handle,)}
+    seen: list[str] = []
+    clip_frames: list[int] = []
+
+    def sink(node, kwargs):  # the core nodes, as their execute() in ComfyUI
+        seen.append(node["type"])
+        if node["type"] == "LoadVideo":
+            return (InputImpl.VideoFromFile(folder_paths.get_annotated_filepath(node["widgets_values"][0])),)
+        if node["type"] == "GetVideoComponents":  # + the clip cut to clip_len frames: M's cost is per frame
+            parts = kwargs["video"].get_components()
+            clip_frames.append(parts.images.shape[0])
+            return parts.images[:clip_len], parts.audio, float(parts.frame_rate), kwargs["video"].get_bit_depth()
+        _check_video_inputs(node, kwargs, frames)
+        return (kwargs,) if node["type"] == "CreateVideo" else ()  # stands for the VIDEO
+
+    wf = _load_workflow("kdtalker_pose_from_video.json")
+    assert (comfy_root / "input" / "kdtalker_sample_driving.mp4").is_file()
+    results = _run_workflow(wf, nodes, inputs, {"KDTalkerSampleMotion": {"steps": 2}}, sink)
+    assert seen == ["LoadVideo", "GetVideoComponents", "PreviewImage", "CreateVideo", "SaveVideo"]
+    by_type = {n["type"]: results[n["id"]] for n in wf["nodes"] if n["id"] in results}
+    assert clip_frames == [75] and by_type["GetVideoComponents"][0].shape == (clip_len, 256, 256, 3)
+    assert by_type["GetVideoComponents"][2] == 25.0
+    video_motion, crops = by_type["KDTalkerExtractVideoMotion"]
+    assert video_motion.num_frames == clip_len and crops.shape == (clip_len, 256, 256, 3)
+    speech_motion = by_type["KDTalkerSampleMotion"][0]
+    mixed = by_type["KDTalkerMixMotion"][0]
+    assert mixed.num_frames == frames
+    for field in ("yaw", "pitch", "roll", "t", "scale"):  # pose from the clip
+        torch.testing.assert_close(getattr(mixed, field), getattr(video_motion, field)[:frames])
+    torch.testing.assert_close(mixed.exp, speech_motion.exp)  # lips and eyes from the speech
+    images = by_type["KDTalkerRender"][0]
+    assert images.shape == (frames, *image.shape[1:3], 3)
+
+    portrait = by_type["KDTalkerPreparePortrait"][0]
+    # frame 0 is the clip's reference frame (the portrait's own scale); frame 1 is zoomed
+    zoom = (mixed.scale.reshape(-1) / portrait.kp_info["scale"].reshape(()).to(mixed.scale)).tolist()
+    assert zoom[0] == 1.0 and abs(zoom[1] - 1.0) > 1e-4, zoom
+    flat = _execute(nodes["KDTalkerRender"], portrait=portrait, motion=mixed, models=models_handle, chunk_size=8,
+                    paste_back=True, start_frame=1, frame_count=1)[0]  # no motion_scale: the portrait's scale
+    assert not torch.equal(images[1], flat[0]), "motion_scale renders the clip's zoom"
 
 
 @pytest.mark.slow

@@ -56,7 +56,7 @@ def test_on_load_puts_the_sample_inputs_in_the_input_folder(package, comfy_root)
     for wf_path in sorted(WORKFLOWS.glob("*.json")):
         wf = json.loads(wf_path.read_text())
         for node in wf["nodes"]:
-            if node["type"] in ("LoadImage", "LoadAudio"):
+            if node["type"] in ("LoadImage", "LoadAudio", "LoadVideo"):
                 assert (comfy_root / "input" / node["widgets_values"][0]).is_file(), (wf_path.name, node["type"])
 
 
@@ -66,11 +66,12 @@ def test_sample_inputs_never_replace_a_users_file(package, tmp_path, monkeypatch
     mine.write_bytes(b"my own photo")
     monkeypatch.setattr(folder_paths, "get_input_directory", lambda: str(tmp_path))
     written = samples.install_sample_inputs()
-    assert written == [tmp_path / "sample_speech.wav"]
+    assert written == [tmp_path / "sample_speech.wav", tmp_path / "kdtalker_sample_driving.mp4"]
     assert mine.read_bytes() == b"my own photo"
     assert (tmp_path / "sample_speech.wav").read_bytes() == (ASSETS / "sample_speech.wav").read_bytes()
     assert samples.install_sample_inputs() == []
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["sample_portrait.jpg", "sample_speech.wav"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kdtalker_sample_driving.mp4", "sample_portrait.jpg",
+                                                          "sample_speech.wav"]
 
 
 # ----------------------------------------------------------------------------------------- schema
