@@ -1,8 +1,9 @@
 """Stand-in for ``comfy.model_management``: devices, the loaded-model list, cache emptying, interrupts.
 
 The device is the CPU. ``load_models_gpu`` / ``free_memory`` / ``unload_all_models`` keep
-``current_loaded_models`` the way ComfyUI does (most recently used first, a weak reference to each
-ModelPatcher, so a model whose owner is gone drops out), with full loads only.
+``current_loaded_models`` the way ComfyUI 0.33 does (most recently used first, a weak reference to each
+ModelPatcher and to its module; an entry drops out when the module is gone), with full loads only.
+Unlike ComfyUI, ``soft_empty_cache`` is counted even in CPU mode (ComfyUI returns at once there).
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ class InterruptProcessingException(BaseException):
 
 def get_torch_device() -> torch.device:
     return torch.device("cpu")
+
+
+def get_all_torch_devices(exclude_current: bool = False) -> list[torch.device]:
+    return [] if exclude_current else [get_torch_device()]
 
 
 def unet_offload_device() -> torch.device:
@@ -76,7 +81,9 @@ class LoadedModel:
     def __init__(self, model):
         self._model = weakref.ref(model)
         self.device = model.load_device
+        self.real_model = None
         self.currently_used = True
+        self.model_finalizer = None
 
     @property
     def model(self):
@@ -89,16 +96,24 @@ class LoadedModel:
         return self.model.loaded_size()
 
     def model_load(self, lowvram_model_memory=0, force_patch_weights=False):
-        self.model.patch_model(self.device, lowvram_model_memory=lowvram_model_memory,
-                               force_patch_weights=force_patch_weights)
-        return self.model.model
+        self.model.model_patches_to(self.device)
+        self.model.partially_load(self.device, 1e32, force_patch_weights=force_patch_weights)
+        real_model = self.model.model
+        self.real_model = weakref.ref(real_model)
+        self.model_finalizer = weakref.finalize(real_model, cleanup_models)
+        self.model_finalizer.atexit = False
+        return real_model
 
     def model_unload(self, memory_to_free=None, unpatch_weights=True) -> bool:
         self.model.detach(unpatch_weights)
+        self.model_finalizer.detach()
+        self.model_finalizer = None
+        self.real_model = None
         return True
 
     def is_dead(self) -> bool:
-        return self.model is None
+        """ComfyUI's leak check: the ModelPatcher is gone but its module is still alive."""
+        return self.real_model is not None and self.real_model() is not None and self.model is None
 
     def __eq__(self, other) -> bool:
         return self.model is other.model
@@ -107,8 +122,18 @@ class LoadedModel:
 current_loaded_models: list[LoadedModel] = []
 
 
+def cleanup_models() -> None:
+    """Drop entries whose module is gone (ComfyUI calls this from a finalizer on the module)."""
+    current_loaded_models[:] = [m for m in current_loaded_models
+                                if m.real_model is None or m.real_model() is not None]
+
+
 def cleanup_models_gc() -> None:
-    current_loaded_models[:] = [m for m in current_loaded_models if not m.is_dead()]
+    """ComfyUI garbage-collects when a ModelPatcher died before its module (a reference cycle)."""
+    if any(m.is_dead() for m in current_loaded_models):
+        import gc
+
+        gc.collect()
 
 
 def load_models_gpu(models, memory_required=0, force_patch_weights=False, minimum_memory_required=None,
@@ -122,9 +147,7 @@ def load_models_gpu(models, memory_required=0, force_patch_weights=False, minimu
         if entry in current_loaded_models:
             entry = current_loaded_models.pop(current_loaded_models.index(entry))
             entry.currently_used = True
-            entry.model.partially_load(entry.device, force_patch_weights=force_patch_weights)
-        else:
-            entry.model_load(force_patch_weights=force_patch_weights)
+        entry.model_load(force_patch_weights=force_patch_weights)
         current_loaded_models.insert(0, entry)
 
 
@@ -136,10 +159,12 @@ def loaded_models(only_currently_used: bool = False) -> list:
     return [m.model for m in current_loaded_models if m.currently_used or not only_currently_used]
 
 
-def free_memory(memory_required, device, keep_loaded=[]) -> list[LoadedModel]:  # noqa: B006 - ComfyUI's signature
+def free_memory(memory_required, device, keep_loaded=[], for_dynamic=False, pins_required=0,  # noqa: B006
+                ram_required=0) -> list[LoadedModel]:  # ComfyUI 0.33's signature
     """Unload the models on ``device`` (all of them: there is no memory estimate here) except ``keep_loaded``."""
     cleanup_models_gc()
-    unloaded = [m for m in current_loaded_models if m.device == device and m not in keep_loaded]
+    unloaded = [m for m in current_loaded_models
+                if (device is None or m.device == device) and m not in keep_loaded and not m.is_dead()]
     for m in unloaded:
         m.model_unload()
         current_loaded_models.remove(m)
@@ -150,4 +175,5 @@ def free_memory(memory_required, device, keep_loaded=[]) -> list[LoadedModel]:  
 
 def unload_all_models() -> None:
     """What ``/free`` with ``unload_models`` calls."""
-    free_memory(1e30, get_torch_device())
+    for device in get_all_torch_devices():
+        free_memory(1e30, device)

@@ -2,9 +2,11 @@
 
 ``VideoInput`` is the abstract VIDEO value; ``VideoFromFile`` is backed by a file on disk (what
 LoadVideo returns and what our streaming node returns), ``VideoFromComponents`` by frames + audio in
-memory (what CreateVideo returns). Method names and signatures follow ComfyUI's
-``comfy_api/latest/_input/video_types.py`` and ``_input_impl/video_types.py``; the file reading is
-written here with PyAV (only what the tests need: metadata, decoding, copying).
+memory (what CreateVideo returns). Method names and signatures follow ComfyUI 0.33's
+``comfy_api/latest/_input/video_types.py``, ``_input_impl/video_types.py`` and ``_util/video_types.py``
+(``save_to(..., bit_depth, crf)``, abstract ``as_trimmed``, ``get_bit_depth``, ``VideoComponents.alpha``,
+``VideoFromComponents(components, bit_depth=8)``); the file reading is written here with PyAV (only
+what the tests need: metadata, decoding, copying; no trimming, no transcoding).
 """
 
 from __future__ import annotations
@@ -45,12 +47,13 @@ class VideoCodec(str, Enum):
 
 @dataclass
 class VideoComponents:
-    """images (T,H,W,3) float [0,1]; frame_rate; audio AUDIO dict or None; metadata."""
+    """images (T,H,W,3) float [0,1]; frame_rate; audio AUDIO dict or None; metadata; alpha MASK or None."""
 
     images: torch.Tensor
     frame_rate: Fraction
     audio: dict[str, Any] | None = None
     metadata: dict | None = None
+    alpha: torch.Tensor | None = None
 
 
 class VideoInput(ABC):
@@ -61,7 +64,18 @@ class VideoInput(ABC):
 
     @abstractmethod
     def save_to(self, path: str | IO[bytes], format: VideoContainer = VideoContainer.AUTO,
-                codec: VideoCodec = VideoCodec.AUTO, metadata: dict | None = None) -> None: ...
+                codec: VideoCodec = VideoCodec.AUTO, metadata: dict | None = None, bit_depth: int | None = None,
+                crf: float | None = None) -> None: ...
+
+    @abstractmethod
+    def as_trimmed(self, start_time: float | None = None, duration: float | None = None,
+                   strict_duration: bool = False) -> VideoInput | None: ...
+
+    def get_active_trim_window(self) -> tuple[float, float]:
+        return 0.0, 0.0
+
+    def get_bit_depth(self) -> int:
+        return 8
 
     def get_stream_source(self) -> str | io.BytesIO:
         buffer = io.BytesIO()
@@ -156,9 +170,26 @@ class VideoFromFile(VideoInput):
             audio_dict = {"waveform": torch.from_numpy(np.concatenate(audio, axis=1))[None], "sample_rate": rate}
         return VideoComponents(images=images, frame_rate=fps, audio=audio_dict)
 
+    def get_active_trim_window(self) -> tuple[float, float]:
+        return float(self.__start_time), float(self.__duration)
+
+    def get_bit_depth(self) -> int:
+        with self._open() as container:
+            stream = container.streams.video[0] if container.streams.video else None
+            if stream is None or stream.format is None or not stream.format.components:
+                return 8
+            return max(c.bits for c in stream.format.components)
+
+    def as_trimmed(self, start_time: float = 0, duration: float = 0, strict_duration: bool = True
+                   ) -> VideoInput | None:
+        raise NotImplementedError("the ComfyUI stand-in does not trim videos")
+
     def save_to(self, path: str | IO[bytes], format: VideoContainer = VideoContainer.AUTO,
-                codec: VideoCodec = VideoCodec.AUTO, metadata: dict | None = None) -> None:
-        """Copy the file (ComfyUI remuxes; a copy is the same streams)."""
+                codec: VideoCodec = VideoCodec.AUTO, metadata: dict | None = None, bit_depth: int | None = None,
+                crf: float | None = None) -> None:
+        """Copy the file (ComfyUI remuxes the same streams when nothing asks for a transcode)."""
+        if crf is not None or bit_depth not in (None, self.get_bit_depth()) or self.__start_time or self.__duration:
+            raise NotImplementedError("the ComfyUI stand-in does not transcode videos")
         source = self.get_stream_source()
         if isinstance(source, io.BytesIO):
             data = source.getvalue()
@@ -173,16 +204,25 @@ class VideoFromFile(VideoInput):
 
 
 class VideoFromComponents(VideoInput):
-    """``VideoFromComponents(components)``: frames + audio in memory (CreateVideo's output)."""
+    """``VideoFromComponents(components, bit_depth=8)``: frames + audio in memory (CreateVideo's output)."""
 
-    def __init__(self, components: VideoComponents):
+    def __init__(self, components: VideoComponents, bit_depth: int = 8):
         self.__components = components
+        self.__bit_depth = bit_depth
 
     def get_components(self) -> VideoComponents:
-        return self.__components
+        c = self.__components
+        return VideoComponents(images=c.images, audio=c.audio, frame_rate=c.frame_rate)
 
-    def save_to(self, path, format=VideoContainer.AUTO, codec=VideoCodec.AUTO, metadata=None) -> None:
+    def get_bit_depth(self) -> int:
+        return self.__bit_depth
+
+    def save_to(self, path, format=VideoContainer.AUTO, codec=VideoCodec.AUTO, metadata=None, bit_depth=None,
+                crf=None) -> None:
         raise NotImplementedError("the ComfyUI stand-in does not encode VideoFromComponents")
+
+    def as_trimmed(self, start_time=None, duration=None, strict_duration=True) -> VideoInput | None:
+        raise NotImplementedError("the ComfyUI stand-in does not trim videos")
 
 
 __all__ = ["VideoInput", "VideoFromFile", "VideoFromComponents", "VideoComponents", "VideoContainer",
