@@ -17,6 +17,7 @@ import threading
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import comfy.model_management as mm
 import comfy.model_patcher
@@ -226,10 +227,35 @@ def compute_device(choice: str) -> torch.device:
     return torch.device(choice)
 
 
+def _comfy_args() -> Any:
+    """ComfyUI's parsed command line (``comfy.cli_args.args``), or None where it is not importable."""
+    try:
+        from comfy.cli_args import args
+    except ImportError:
+        return None
+    return args
+
+
 def attention_backend(choice: str, device: torch.device) -> str:
-    """"auto" respects ComfyUI's xformers switch (``--disable-xformers``) on CUDA."""
-    if choice == AUTO and device.type == "cuda" and not mm.xformers_enabled():
+    """"auto" follows ComfyUI on CUDA: ``--use-pytorch-cross-attention`` or ``--disable-xformers``
+    -> PyTorch SDPA; otherwise xformers when ComfyUI enables it (the library's own auto order)."""
+    if choice != AUTO or device.type != "cuda":
+        return choice
+    if getattr(_comfy_args(), "use_pytorch_cross_attention", False) or not mm.xformers_enabled():
         return "sdpa"
+    return choice
+
+
+def model_precision(choice: str, device: torch.device) -> str:
+    """"auto" follows ComfyUI's ``--force-fp32`` (-> fp32) and, on CUDA, ``--force-fp16`` (-> fp16);
+    without those flags it is the library's policy (bf16 where native, else fp32)."""
+    if choice != AUTO:
+        return choice
+    args = _comfy_args()
+    if getattr(args, "force_fp32", False):
+        return "fp32"
+    if getattr(args, "force_fp16", False) and device.type == "cuda":
+        return "fp16"
     return choice
 
 
@@ -278,7 +304,7 @@ class KDTalkerLoadModels(io.ComfyNode):
         paths = resolve_model_paths(kdtalker_checkpoint, wav2lip_checkpoint, liveportrait)
         dev = compute_device(device)
         with outside_inference_mode():
-            models = pipeline.load_models(paths=paths, device=dev, precision=precision,
+            models = pipeline.load_models(paths=paths, device=dev, precision=model_precision(precision, dev),
                                           attention=attention_backend(attention, dev), use_ema=use_ema)
         offload = torch.device(mm.unet_offload_device()) if dev.type != "cpu" else dev
         return io.NodeOutput(ModelHandle(models, dev, offload, paths))

@@ -577,3 +577,23 @@ def test_sample_motion_seed_and_cancel(package, nodes, models_handle, progress_h
     mm.interrupt_current_processing(True)
     with pytest.raises(mm.InterruptProcessingException):
         sample(7)
+
+
+def test_auto_precision_and_attention_follow_comfyui_flags(package, monkeypatch):
+    """Load Models' "auto" obeys ComfyUI's --force-fp32 / --force-fp16 / --use-pytorch-cross-attention."""
+    import comfy.cli_args as cli
+
+    models_mod = importlib.import_module(f"{package[0].__name__}.nodes.models")
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert models_mod.model_precision("auto", cpu) == "auto"  # no flag: the library's policy decides
+    monkeypatch.setattr(cli.args, "force_fp32", True)
+    assert models_mod.model_precision("auto", cuda) == "fp32" and models_mod.model_precision("auto", cpu) == "fp32"
+    assert models_mod.model_precision("bf16", cuda) == "bf16", "an explicit choice on the node wins"
+    monkeypatch.setattr(cli.args, "force_fp32", False)
+    monkeypatch.setattr(cli.args, "force_fp16", True)
+    assert models_mod.model_precision("auto", cuda) == "fp16"
+    assert models_mod.model_precision("auto", cpu) == "auto", "fp16 is never forced onto a CPU"
+    monkeypatch.setattr(cli.args, "use_pytorch_cross_attention", True)
+    assert models_mod.attention_backend("auto", cuda) == "sdpa"
+    assert models_mod.attention_backend("math", cuda) == "math"
+
