@@ -21,6 +21,14 @@ SAMPLE_IMAGE = ASSETS / "sample_portrait.jpg"
 SAMPLE_AUDIO = ASSETS / "sample_speech.wav"
 
 
+
+def _device_arg(value: str) -> str:
+    """argparse type of ``--device``: an unknown device is a usage error (exit 2), not a crash."""
+    try:
+        return options.check_device(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models-dir", type=Path, default=None,
                    help="folder holding kdtalker/ and liveportrait/ (ComfyUI's models folder works); "
@@ -101,7 +109,7 @@ def _add_generation_options(p: argparse.ArgumentParser) -> None:
                    help="how faces are counted: detector = most confident first (the official choice)")
     p.add_argument("--crop-mode", choices=options.CROP_MODES, default=opt.crop_mode,
                    help="official: KDTalker's landmark crop; square(_axis): an eye/mouth-aligned square")
-    p.add_argument("--device", default=m.device, help=f"{', '.join(options.DEVICES)}, cuda:1, ...")
+    p.add_argument("--device", default=m.device, type=_device_arg, help=f"{', '.join(options.DEVICES)}, cuda:1, ...")
     p.add_argument("--start-seconds", type=float, default=opt.start_seconds, help="skip this much of the audio")
     p.add_argument("--max-seconds", "--duration-seconds", dest="duration_seconds", type=float,
                    default=opt.duration_seconds, help="only use this much of the audio (after --start-seconds)")

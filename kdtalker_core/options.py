@@ -27,6 +27,17 @@ if TYPE_CHECKING:
 PRECISIONS: tuple[str, ...] = PRECISION_CHOICES
 ATTENTION_BACKENDS: tuple[str, ...] = BACKENDS
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+
+
+def check_device(name: str) -> str:
+    """``name`` if it is a device this package runs on: one of :data:`DEVICES`, or ``cuda:N``.
+
+    Raises ValueError (argparse turns it into a usage error) naming the accepted forms.
+    """
+    base, _, index = name.partition(":")
+    if name in DEVICES or (base == "cuda" and index.isdigit()):
+        return name
+    raise ValueError(f"unknown device {name!r}: use {', '.join(DEVICES)} or cuda:N")
 FACE_ORDERS: tuple[str, ...] = get_args(FaceOrder)
 CROP_MODES: tuple[str, ...] = get_args(CropMode)
 

@@ -514,3 +514,13 @@ def test_encode_audio_always_feeds_the_model_25_fps_features(models, sample_port
 
     assert motion_25.num_frames == 10 and motion_30.num_frames == 12 and motion_30.fps == 30.0
     assert torch.equal(motion_30.data, retime.resample_motion(motion_25, 30).data)
+
+
+def test_unknown_device_is_a_usage_error(capsys):
+    from kdtalker_core import cli
+
+    with pytest.raises(SystemExit) as info:
+        cli.main(["generate", "--device", "tpu7"])
+    assert info.value.code == 2
+    assert "unknown device 'tpu7'" in capsys.readouterr().err
+    assert cli.build_parser().parse_args(["generate", "--device", "cuda:1"]).device == "cuda:1"
