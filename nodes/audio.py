@@ -44,8 +44,12 @@ class KDTalkerEncodeAudio(io.ComfyNode):
     def execute(cls, audio: dict[str, Any], models: ModelHandle, fps: float, start_seconds: float,
                 duration_seconds: float) -> io.NodeOutput:
         waveform, sample_rate = t.audio_parts(audio)
-        features = pipeline.encode_audio(models.acquire(), waveform, sample_rate, fps=fps,
-                                         start_seconds=start_seconds,
-                                         duration_seconds=duration_seconds if duration_seconds > 0 else None)
+        try:
+            with t.about_input("Encode Audio, input 'audio'"):
+                features = pipeline.encode_audio(models.acquire(), waveform, sample_rate, fps=fps,
+                                                 start_seconds=start_seconds,
+                                                 duration_seconds=duration_seconds if duration_seconds > 0 else None)
+        finally:
+            models.release()
         covered = t.audio_span(audio, start_seconds, features.num_frames / features.fps)
         return io.NodeOutput(features, covered)

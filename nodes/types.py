@@ -7,10 +7,14 @@ nodes under upper-case type names that no other package uses.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from comfy_api.latest import io
+
+from ..kdtalker_core.errors import KDTalkerError
 
 #: Loaded networks + where to run / park them (``nodes.models.ModelHandle``).
 Models = io.Custom("KDTALKER_MODELS")
@@ -96,3 +100,14 @@ def as_mask(mask: torch.Tensor) -> torch.Tensor:
     """(H,W) or (B,H,W) mask -> ComfyUI MASK (B,H,W) float32 on the CPU."""
     mask = mask.detach().float().cpu()
     return (mask[None] if mask.ndim == 2 else mask).contiguous()
+
+
+@contextmanager
+def about_input(where: str) -> Iterator[None]:
+    """Prefix a user-input error raised inside with the node input it is about (``where``, e.g.
+    "Encode Audio, input 'audio'"), keeping its type and its what-to-do message."""
+    try:
+        yield
+    except KDTalkerError as exc:
+        raise type(exc)(f"{where}: {exc}") from exc
+

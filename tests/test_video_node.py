@@ -225,6 +225,7 @@ def test_user_errors_reach_the_node_with_what_to_do(package, nodes, models_handl
             encode(waveform)
         line = _first_line(info.value)
         assert words in line and ("Give" in line or "Re-export" in line), line
+        assert line.startswith("Encode Audio, input 'audio': "), "the error names the node input"
     features, _ = encode(torch.zeros(1, 2, 44100), 44100).args  # silence is valid
     assert features.num_frames == 25 and torch.isfinite(features.features).all()
 
