@@ -29,13 +29,11 @@ leave as they are made, so memory does not grow with the audio length.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-import numpy as np
 import torch
 
 from . import audio as audio_mod
@@ -43,21 +41,17 @@ from . import face, retarget, retime, silence, weights
 from . import motion as motion_mod
 from . import render as render_mod
 from .attention import set_attention_backend
-from .errors import AudioError, InputError
+from .errors import InputError
+
+# Re-exported: the job inputs and the stage / sink types are part of this module's public API.
+from .inputs import SPEECH_RATE, Inputs, check_inputs, output_frames, read_inputs, speech_for_frames, trim_speech  # noqa: F401
 from .keypoints import get_kp_info, transform_keypoint
 from .options import DEFAULTS, MODEL_DEFAULTS, MODEL_FPS, GenerateOptions
 from .precision import PRECISIONS, native_bf16, resolve_precision
+from .stages import POSE_STAGE, STAGES, FrameCollector, FrameSink, StageCallback, StageClock, stream_frames  # noqa: F401
 
 #: ``callback(done, total)`` of one long stage.
 ProgressCallback = Callable[[int, int], None]
-#: ``on_stage(stage, done, total)``: every stage of :func:`run`, in the order of :data:`STAGES`.
-StageCallback = Callable[[str, int, int], None]
-#: The stages :func:`run` always reports, in order.
-STAGES: tuple[str, ...] = ("audio", "portrait", "motion", "render", "encode")
-#: Reported by :func:`run` between "portrait" and "motion" only when a pose video is given.
-POSE_STAGE = "pose"
-#: Sample rate of the speech the pipeline works on (and hands to sinks).
-SPEECH_RATE = audio_mod.SAMPLE_RATE
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -287,23 +281,6 @@ class AudioFeatures:
         return int(self.features.shape[0])
 
 
-def trim_speech(waveform: Any, sample_rate: int, start_seconds: float = 0.0,
-                duration_seconds: float | None = None) -> torch.Tensor:
-    """Speech (N,), (C,N) or (1,C,N) at any rate -> (M,) float32 16 kHz mono from ``start_seconds``,
-    ``duration_seconds`` long (None or <= 0: to the end). The one place audio is trimmed.
-
-    Raises AudioError for empty or non-finite audio and for a start past the end.
-    """
-    wav = audio_mod.to_mono_16k(waveform, sample_rate)
-    start = max(0, int(round(start_seconds * SPEECH_RATE)))
-    if start >= wav.shape[0]:
-        raise AudioError(f"start {start_seconds:.2f} s is past the end of the audio "
-                         f"({wav.shape[0] / SPEECH_RATE:.2f} s)")
-    stop = None if duration_seconds is None or duration_seconds <= 0 else start + int(
-        round(duration_seconds * SPEECH_RATE))
-    return wav[start:stop]
-
-
 @torch.inference_mode()
 def encode_audio(
     models: KDTalkerModels,
@@ -378,45 +355,6 @@ def sample_motion(
 
 
 # --------------------------------------------------------------------------- rendering
-
-
-class FrameSink(Protocol):
-    """Where rendered frames go, chunk by chunk (e.g. :class:`kdtalker_core.video.Mp4Writer`).
-
-    ``start(fps, speech, sample_rate)`` once before the first frame (speech: (N,) float32 mono
-    covering exactly the frames), ``write(frames)`` per chunk ((n,H,W,3) float [0,1] on the compute
-    device), then ``finish()`` — or ``abort()`` after a failure or cancel (leave nothing behind).
-    """
-
-    def start(self, fps: float, speech: torch.Tensor, sample_rate: int) -> None: ...
-
-    def write(self, frames: torch.Tensor) -> None: ...
-
-    def finish(self) -> Any: ...
-
-    def abort(self) -> None: ...
-
-
-class FrameCollector:
-    """A :class:`FrameSink` that keeps every frame: ``frames`` (T,H,W,3) float32 on the CPU after ``finish``."""
-
-    def __init__(self) -> None:
-        self._parts: list[torch.Tensor] = []
-        self.frames: torch.Tensor | None = None
-
-    def start(self, fps: float, speech: torch.Tensor, sample_rate: int) -> None:
-        self._parts = []
-
-    def write(self, frames: torch.Tensor) -> None:
-        self._parts.append(frames.float().cpu())
-
-    def finish(self) -> torch.Tensor:
-        self.frames = torch.cat(self._parts, 0)
-        self._parts = []
-        return self.frames
-
-    def abort(self) -> None:
-        self._parts = []
 
 
 @dataclass
@@ -528,83 +466,6 @@ def render(
 
 
 @dataclass
-class Inputs:
-    """A checked job, made in seconds before any model is loaded (:func:`check_inputs`).
-
-    photo (H,W,3) uint8 RGB; crop: its face crop (reused by :func:`prepare_portrait`); speech (N,)
-    float32 16 kHz mono, already trimmed by ``options`` (at least one motion frame, 40 ms, long);
-    options: the job's settings; image_name: how messages call the photo.
-    """
-
-    photo: np.ndarray
-    crop: face.PortraitCrop
-    speech: torch.Tensor
-    options: GenerateOptions
-    image_name: str = "image"
-
-    @property
-    def motion_frames(self) -> int:
-        """Motion frames the speech gives at :data:`MODEL_FPS` (what the model samples)."""
-        return audio_mod.num_video_frames(self.speech.shape[0], MODEL_FPS)
-
-    @property
-    def num_frames(self) -> int:
-        """Output video frames at ``options.fps``: ``round(motion_frames / 25 * fps)`` (a pose video with
-        ``pose_fit="cut"`` shorter than the speech shortens the result further)."""
-        return output_frames(self.motion_frames, self.options.fps)
-
-
-def output_frames(motion_frames: int, fps: float) -> int:
-    """Frames at ``fps`` of a motion of ``motion_frames`` frames at :data:`MODEL_FPS` (0 stays 0)."""
-    return retime.resampled_length(motion_frames, MODEL_FPS, fps) if motion_frames > 0 else 0
-
-
-def speech_for_frames(speech: torch.Tensor, num_frames: int, fps: float) -> torch.Tensor:
-    """16 kHz speech ``(N,)`` cut (or padded with silence) to exactly cover ``num_frames`` at ``fps``:
-    ``round(num_frames * 16000 / fps)`` samples. Returns ``speech`` itself when it already does."""
-    n = int(round(num_frames * SPEECH_RATE / float(fps)))
-    if speech.shape[0] == n:
-        return speech
-    if speech.shape[0] > n:
-        return speech[:n]
-    return torch.cat([speech, speech.new_zeros(n - speech.shape[0])])
-
-
-def check_inputs(image: Any, waveform: Any, sample_rate: int, options: GenerateOptions = DEFAULTS, *,
-                 image_name: str = "image") -> Inputs:
-    """Check a photo and a speech track against ``options`` without any model: find the face, trim
-    the speech, make sure it covers a video frame. Raises FaceError / AudioError / InputError.
-
-    ``image``: (H,W,C) or (1,H,W,C) uint8 or float [0,1] array or tensor; ``waveform`` (N,), (C,N)
-    or (1,C,N) at ``sample_rate`` Hz.
-    """
-    options.validate()
-    photo = face.to_rgb_uint8(image, image_name)
-    crop = face.crop_portrait(photo, face_index=options.face_index, order=options.face_order,
-                              mode=options.crop_mode, name=image_name)
-    speech = trim_speech(waveform, sample_rate, options.start_seconds, options.duration_seconds)
-    inputs = Inputs(photo, crop, speech.float().cpu(), options, image_name)
-    if inputs.motion_frames < 1:
-        raise AudioError(f"the speech to use is {speech.shape[0] / SPEECH_RATE * 1000:.0f} ms long, shorter than "
-                         f"one video frame of the motion model ({1000 / MODEL_FPS:.0f} ms at {MODEL_FPS:g} fps): "
-                         "give more audio")
-    if options.pose_video is not None and not Path(options.pose_video).is_file():
-        raise InputError(f"the pose video {options.pose_video} does not exist: give a video file of a face "
-                         "for the head motion, or leave the pose video out")
-    return inputs
-
-
-def read_inputs(image_path: str | Path, audio_path: str | Path, options: GenerateOptions = DEFAULTS) -> Inputs:
-    """:func:`check_inputs` for files: any photo :func:`kdtalker_core.image_io.read_image` reads,
-    any audio :func:`kdtalker_core.audio.load_audio_file` decodes. Errors name the file."""
-    from .image_io import read_image
-
-    photo = read_image(image_path)
-    waveform, sample_rate = audio_mod.load_audio_file(audio_path, fps=MODEL_FPS)
-    return check_inputs(photo, waveform, sample_rate, options, image_name=str(image_path))
-
-
-@dataclass
 class GenerateResult:
     """What :func:`run` made.
 
@@ -676,60 +537,6 @@ def run(models: KDTalkerModels, inputs: Inputs, *, on_stage: StageCallback | Non
     return GenerateResult(frames=frames, num_frames=total, fps=motion.fps,
                           mask=_output_mask(portrait, opts.paste_back, frame_hw), speech=speech,
                           motion=motion, precision=models.precision, seconds=clock.seconds)
-
-
-class StageClock:
-    """Reports stage progress to an ``on_stage(stage, done, total)`` callback and times each stage.
-
-    ``seconds`` maps each finished stage to its wall time. The callback may raise to cancel.
-    """
-
-    def __init__(self, on_stage: StageCallback | None = None) -> None:
-        self.on_stage = on_stage
-        self.seconds: dict[str, float] = {}
-
-    def report(self, stage: str, done: int, total: int) -> None:
-        """Forward one progress report (no-op without a callback)."""
-        if self.on_stage is not None:
-            self.on_stage(stage, done, total)
-
-    def timed(self, stage: str, total: int, work: Callable[[], Any]) -> Any:
-        """Run ``work()`` as ``stage``: reports ``(0, total)`` first and ``(total, total)`` last."""
-        self.report(stage, 0, total)
-        t0 = time.perf_counter()
-        out = work()
-        self.seconds[stage] = time.perf_counter() - t0
-        self.report(stage, total, total)
-        return out
-
-
-def stream_frames(chunks: Iterator[torch.Tensor], total: int, fps: float, speech: torch.Tensor,
-                  sink: FrameSink | None, clock: StageClock) -> tuple[torch.Tensor | None, tuple[int, int]]:
-    """The "render" and "encode" stages: every chunk (n,H,W,3) of ``chunks`` (``total`` frames in
-    all) into ``sink`` (default: a :class:`FrameCollector`), with ``speech`` (16 kHz) as its sound.
-
-    Returns the collected frames (None when streamed to a caller's sink) and the frame size (H,W).
-    On any error or cancel the sink is aborted (no half-written file).
-    """
-    out = sink if sink is not None else FrameCollector()
-
-    def render_all() -> tuple[int, int]:
-        done, frame_hw = 0, (0, 0)
-        for chunk in chunks:
-            out.write(chunk)
-            done, frame_hw = done + int(chunk.shape[0]), tuple(chunk.shape[1:3])
-            if done < total:
-                clock.report("render", done, total)
-        return frame_hw
-
-    out.start(fps, speech, SPEECH_RATE)
-    try:
-        frame_hw = clock.timed("render", total, render_all)
-        clock.timed("encode", 1, out.finish)
-    except BaseException:
-        out.abort()
-        raise
-    return (out.frames if isinstance(out, FrameCollector) else None), frame_hw
 
 
 @torch.inference_mode()
