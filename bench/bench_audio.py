@@ -177,11 +177,11 @@ def main() -> None:
         for seconds in args.seconds:
             wav_path = Path(tmp) / f"speech_{seconds:g}s.wav"
             _write_wav(wav_path, _speech(seconds), 16000)
-            cmd = [sys.executable, __file__, "--child", str(seconds), "--wav", str(wav_path),
+            cmd = [sys.executable, "-m", "bench.bench_audio", "--child", str(seconds), "--wav", str(wav_path),
                    "--chunk", str(args.chunk), "--encoder", args.encoder]
             if args.threads:
                 cmd += ["--threads", str(args.threads)]
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
             r = json.loads(proc.stdout.strip().splitlines()[-1])
             ref = None if args.no_reference else run_reference(wav_path, Path(tmp) / "ref.npy")
             ref_cols = "        -        -        -"

@@ -195,8 +195,8 @@ def main() -> None:
         args.models_dir = write_official_models(Path(tmp.name))
     rows = []
     for case in _cases(args):
-        res = subprocess.run([sys.executable, __file__, "--child", json.dumps(case)], capture_output=True,
-                             text=True, check=False)
+        res = subprocess.run([sys.executable, "-m", "bench.bench_memory", "--child", json.dumps(case)], cwd=ROOT,
+                             capture_output=True, text=True, check=False)
         if res.returncode != 0:
             print(res.stderr[-3000:], file=sys.stderr)
             raise SystemExit(f"child failed: {case}")
