@@ -121,13 +121,15 @@ def write_sample_driving_video(path: str | Path, *, num_frames: int = 75, size: 
     tmp = Path(tmp_name)
     try:
         write_mp4(tmp, [frames], fps, crf=18)
-        return _place_new(tmp, path)
+        return place_new(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def _place_new(tmp: Path, target: Path) -> bool:
-    """Give ``tmp`` the name ``target`` if that name is free (atomic where hard links exist)."""
+def place_new(tmp: Path, target: Path) -> bool:
+    """Give the complete file ``tmp`` the name ``target`` if that name is free (atomic where hard
+    links exist; a file already at ``target``, e.g. the user's own, is never replaced). The caller
+    removes ``tmp`` afterwards. Returns True when ``target`` is now ``tmp``'s content."""
     try:
         os.link(tmp, target)  # fails if the name was taken meanwhile
     except FileExistsError:
@@ -137,3 +139,17 @@ def _place_new(tmp: Path, target: Path) -> bool:
             return False
         os.replace(tmp, target)
     return True
+
+
+def copy_new(source: Path, target: Path) -> bool:
+    """Copy ``source`` to ``target`` only if ``target`` does not exist; all or nothing (a temporary
+    file beside ``target`` is placed with :func:`place_new`). Returns True when it was copied."""
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(Path(source).read_bytes())
+        return place_new(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import folder_paths
 
-from ..kdtalker_core.samples import SAMPLE_DRIVING_NAME, write_sample_driving_video
+from ..kdtalker_core.samples import SAMPLE_DRIVING_NAME, copy_new, write_sample_driving_video
 
 ASSETS = Path(__file__).resolve().parents[1] / "kdtalker_core" / "assets"
 #: The bundled inputs the example workflows reference, by file name.
@@ -45,7 +44,7 @@ def install_sample_inputs() -> list[Path]:
         if os.path.lexists(target):
             continue
         try:
-            if _copy_new(ASSETS / name, target):
+            if copy_new(ASSETS / name, target):
                 written.append(target)
         except OSError as exc:
             log.warning("KDTalker: could not copy the sample %s into %s: %s", name, input_dir, exc)
@@ -58,22 +57,3 @@ def install_sample_inputs() -> list[Path]:
             log.warning("KDTalker: could not write the sample driving clip %s: %s", target, exc)
     return written
 
-
-def _copy_new(source: Path, target: Path) -> bool:
-    """Write ``source`` to ``target`` only if ``target`` does not exist; all or nothing."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(source.read_bytes())
-        try:
-            os.link(tmp, target)  # atomic, and fails if the name was taken meanwhile
-        except FileExistsError:
-            return False
-        except OSError:  # file systems without hard links
-            if os.path.lexists(target):
-                return False
-            os.replace(tmp, target)
-        return True
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

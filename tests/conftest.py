@@ -42,3 +42,13 @@ def official_models_dir(tmp_path_factory) -> Path:
     from model_files import write_official_models
 
     return write_official_models(tmp_path_factory.mktemp("official_models"))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tiny models (faster, steadier on shared cores)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+

@@ -24,14 +24,7 @@ from kdtalker_core.networks.denoiser import MotionDenoiser
 from kdtalker_core.networks.denoiser_blocks import apply_rotary
 from kdtalker_core.sampling import ddim_timesteps, linear_alphas_cumprod, sample_ddim
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: these models are tiny and the test machine's 2 cores are shared."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from small_networks import SMALL_SPADE, SMALL_WARP, randomize_norm_stats
 
 from kdtalker_core.errors import InputError
 from kdtalker_core.golden import run_fixture
@@ -17,13 +18,6 @@ from kdtalker_core.networks.spade import SPADEDecoder, SpectralNormConv2d, conv3
 from kdtalker_core.networks.warping import WarpingNetwork
 from kdtalker_core.render import render_all, render_frames
 
-SMALL_WARP = {
-    "num_kp": 21, "block_expansion": 4, "max_features": 64, "num_down_blocks": 2, "reshape_channel": 8,
-    "estimate_occlusion_map": True,
-    "dense_motion_params": {"block_expansion": 4, "max_features": 16, "num_blocks": 2, "reshape_depth": 8,
-                            "compress": 2},
-}
-SMALL_SPADE = {"upscale": 2, "block_expansion": 4, "max_features": 16, "num_down_blocks": 2, "out_channels": 8}
 # Tinier still for reduced precision: CPUs without native bf16 run PyTorch's slow reference kernels.
 TINY_WARP = {
     "num_kp": 21, "block_expansion": 2, "max_features": 16, "num_down_blocks": 2, "reshape_channel": 4,
@@ -34,13 +28,7 @@ TINY_WARP = {
 TINY_SPADE = {"upscale": 2, "block_expansion": 2, "max_features": 8, "num_down_blocks": 2, "out_channels": 4}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: the tiny convolutions here are slower (and flaky in time) with more."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize(
@@ -111,21 +99,11 @@ def test_conv_on_upsampled_map_equals_resize_then_conv(factor: int, size: tuple[
     torch.testing.assert_close(conv3x3_upsampled(x, weight, bias, factor), expected, atol=1e-5, rtol=1e-5)
 
 
-def _randomize_norm_stats(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.running_mean.copy_(0.1 * torch.randn(m.running_mean.shape, generator=g))
-            m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
-            m.weight.data.copy_(1 + 0.1 * torch.randn(m.weight.shape, generator=g))
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def small_render_setup() -> dict[str, torch.Tensor | torch.nn.Module]:
     torch.manual_seed(3)
-    warp = _randomize_norm_stats(WarpingNetwork(**SMALL_WARP), 4)
-    decoder = _randomize_norm_stats(SPADEDecoder(**SMALL_SPADE), 5)
+    warp = randomize_norm_stats(WarpingNetwork(**SMALL_WARP), 4, affine=True)
+    decoder = randomize_norm_stats(SPADEDecoder(**SMALL_SPADE), 5, affine=True)
     feature = torch.randn(1, 8, 8, 16, 16)
     kp_source = 0.5 * torch.randn(1, 21, 3).clamp(-1.5, 1.5)
     kp_driving = kp_source + 0.05 * torch.randn(5, 21, 3)
@@ -178,8 +156,8 @@ def test_render_chunks_callback_and_cancel(small_render_setup: dict) -> None:
 
 def test_render_bfloat16_close_to_float32() -> None:
     torch.manual_seed(6)
-    warp = _randomize_norm_stats(WarpingNetwork(**TINY_WARP), 7)
-    decoder = _randomize_norm_stats(SPADEDecoder(**TINY_SPADE), 8)
+    warp = randomize_norm_stats(WarpingNetwork(**TINY_WARP), 7, affine=True)
+    decoder = randomize_norm_stats(SPADEDecoder(**TINY_SPADE), 8, affine=True)
     feature = torch.randn(1, 4, 4, 8, 8)
     kp_source = 0.5 * torch.randn(1, 21, 3).clamp(-1.5, 1.5)
     kp_driving = kp_source + 0.05 * torch.randn(2, 21, 3)

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from small_networks import SMALL_SPADE, SMALL_WARP, randomize_norm_stats
 
 from kdtalker_core import render
 from kdtalker_core.backends import nnpack
@@ -17,22 +18,7 @@ from kdtalker_core.networks.warping import WarpingNetwork
 from kdtalker_core.precision import native_bf16
 from kdtalker_core.render import prepare_networks, render_all
 
-SMALL_WARP = {
-    "num_kp": 21, "block_expansion": 4, "max_features": 64, "num_down_blocks": 2, "reshape_channel": 8,
-    "estimate_occlusion_map": True,
-    "dense_motion_params": {"block_expansion": 4, "max_features": 16, "num_blocks": 2, "reshape_depth": 8,
-                            "compress": 2},
-}
-SMALL_SPADE = {"upscale": 2, "block_expansion": 4, "max_features": 16, "num_down_blocks": 2, "out_channels": 8}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: the tiny convolutions here are slower (and flaky in time) with more."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -40,20 +26,11 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
 
 
-def _randomize_norm_stats(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.running_mean.copy_(0.1 * torch.randn(m.running_mean.shape, generator=g))
-            m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def setup() -> dict:
     torch.manual_seed(11)
-    warp = _randomize_norm_stats(WarpingNetwork(**SMALL_WARP), 12)
-    decoder = _randomize_norm_stats(SPADEDecoder(**SMALL_SPADE), 13).fuse_spectral_norm()
+    warp = randomize_norm_stats(WarpingNetwork(**SMALL_WARP), 12)
+    decoder = randomize_norm_stats(SPADEDecoder(**SMALL_SPADE), 13).fuse_spectral_norm()
     feature = torch.randn(1, 8, 8, 16, 16)
     kp_source = 0.5 * torch.randn(1, 21, 3).clamp(-1.5, 1.5)
     kp_driving = kp_source + 0.05 * torch.randn(2, 21, 3)
