@@ -54,6 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .atomic import publish, temp_beside
 from .batch_jobs import JOB_KEYS, Job, make_job, one_line, read_jobs
 from .errors import InputError, KDTalkerError
 from .options import DEFAULTS, MODEL_DEFAULTS, GenerateOptions, ModelOptions
@@ -454,25 +455,21 @@ def _video_frames(path: Path) -> int | None:
 
 
 def _remove_stale_parts(out: Path) -> None:
-    """Delete the temporary files a killed writer of ``out`` left (Mp4Writer's ``.STEM.*.part.mp4``)."""
+    """Delete the temporary files a killed writer of ``out`` left (``atomic.temp_beside``'s
+    ``.NAME.*.part.mp4``)."""
     if out.parent.is_dir():
-        for part in out.parent.glob(f".{out.stem}.*.part.mp4"):
+        for part in out.parent.glob(f".{out.name}.*.part.mp4"):
             part.unlink(missing_ok=True)
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
     """``data`` -> ``path`` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".part.mp4", dir=path.parent)
+    tmp = temp_beside(path, ".part.mp4")
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # a normal file, not mkstemp's owner-only mode
-        os.replace(tmp, path)
+        tmp.write_bytes(data)
+        publish(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -18,6 +17,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .atomic import publish, temp_beside
 from .errors import InputError
 from .motion import (
     EXP_COLS,
@@ -141,13 +141,12 @@ def save_motion(path: str | os.PathLike[str], motion: Motion) -> Path:
         "fps": repr(float(motion.fps)),
         "columns": "scale,yaw,pitch,roll,tx,ty,tz,exp[63] (degrees for angles)",
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = temp_beside(path, ".tmp")
     try:
-        save_file({_TENSOR_KEY: tensor}, tmp, metadata=metadata)
-        os.replace(tmp, path)
+        save_file({_TENSOR_KEY: tensor}, str(tmp), metadata=metadata)
+        publish(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 

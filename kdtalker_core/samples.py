@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .atomic import publish_new, temp_beside
 from .image_io import read_image
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -116,40 +116,21 @@ def write_sample_driving_video(path: str | Path, *, num_frames: int = 75, size: 
     if os.path.lexists(path):
         return False
     frames = sample_driving_frames(num_frames=num_frames, size=size)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".part.mp4", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = temp_beside(path, ".part.mp4")
     try:
         write_mp4(tmp, [frames], fps, crf=18)
-        return place_new(tmp, path)
+        return publish_new(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def place_new(tmp: Path, target: Path) -> bool:
-    """Give the complete file ``tmp`` the name ``target`` if that name is free (atomic where hard
-    links exist; a file already at ``target``, e.g. the user's own, is never replaced). The caller
-    removes ``tmp`` afterwards. Returns True when ``target`` is now ``tmp``'s content."""
-    try:
-        os.link(tmp, target)  # fails if the name was taken meanwhile
-    except FileExistsError:
-        return False
-    except OSError:  # file systems without hard links
-        if os.path.lexists(target):
-            return False
-        os.replace(tmp, target)
-    return True
-
-
 def copy_new(source: Path, target: Path) -> bool:
     """Copy ``source`` to ``target`` only if ``target`` does not exist; all or nothing (a temporary
-    file beside ``target`` is placed with :func:`place_new`). Returns True when it was copied."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    tmp = Path(tmp_name)
+    file beside ``target``, placed with :func:`.atomic.publish_new`). Returns True when copied."""
+    tmp = temp_beside(target)
     try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(Path(source).read_bytes())
-        return place_new(tmp, target)
+        tmp.write_bytes(Path(source).read_bytes())
+        return publish_new(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
 

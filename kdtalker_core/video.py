@@ -7,14 +7,14 @@ its final path and renamed only when complete: a failure or cancel leaves nothin
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .atomic import publish, temp_beside
 
 
 def _to_uint8(chunk: torch.Tensor) -> np.ndarray:
@@ -51,11 +51,8 @@ class Mp4Writer:
 
         if self._fps is None:
             raise ValueError("Mp4Writer.start(fps, ...) must be called before the first frame")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".part.mp4", dir=self.path.parent)
-        os.close(fd)
-        self._tmp = Path(tmp_name)
-        self._container = av.open(tmp_name, mode="w", format="mp4")
+        self._tmp = temp_beside(self.path, ".part.mp4")
+        self._container = av.open(str(self._tmp), mode="w", format="mp4")
         vstream = self._container.add_stream("libx264", rate=Fraction(self._fps).limit_denominator(1001))
         vstream.width, vstream.height = width + (width % 2), height + (height % 2)
         vstream.pix_fmt = "yuv420p"
@@ -90,8 +87,7 @@ class Mp4Writer:
                 _mux_audio(self._container, self._astream, self._audio, self._sample_rate)
             self._container.close()
             self._container = None
-            os.chmod(self._tmp, 0o666 & ~_umask())  # mkstemp made it owner-only; give it a normal file's mode
-            os.replace(self._tmp, self.path)
+            publish(self._tmp, self.path)
         except BaseException:
             self.abort()
             raise
@@ -171,9 +167,3 @@ def probe_mp4(path: str | Path) -> dict[str, float]:
             info["audio_seconds"] = audio_samples / info["audio_sample_rate"]
     return info
 
-
-def _umask() -> int:
-    """The process umask (read by setting and restoring it)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask

@@ -13,11 +13,11 @@ import signal
 import subprocess
 import sys
 import time
-import wave
 from pathlib import Path
 
 import numpy as np
 import pytest
+from media import write_wav
 
 from kdtalker_core import batch, cli
 from kdtalker_core.audio import load_audio_file
@@ -40,15 +40,6 @@ JOBS = {
 GOOD = [n for n in JOBS if n != 3]
 
 
-def _write_wav(path: Path, samples: np.ndarray, rate: int = 16000) -> Path:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
-    return path
-
-
 def _make_inputs(folder: Path, sample_portrait: Path, sample_speech: Path) -> None:
     """Two real face photos, a photo without a face, three speech clips (0.5 s, different words)."""
     import imageio.v3 as iio
@@ -61,7 +52,7 @@ def _make_inputs(folder: Path, sample_portrait: Path, sample_speech: Path) -> No
     waveform, sr = load_audio_file(sample_speech)
     mono = waveform.mean(0).numpy()
     for k, start in enumerate((0.3, 1.4, 2.6), 1):
-        _write_wav(folder / f"clip{k}.wav", mono[int(start * sr): int((start + 0.5) * sr)], sr)
+        write_wav(folder / f"clip{k}.wav", mono[int(start * sr): int((start + 0.5) * sr)], sr)
 
 
 def _write_jobs(path: Path, jobs: dict[int, dict]) -> Path:
@@ -180,7 +171,7 @@ def test_batch_of_bad_inputs_reports_every_job_and_loads_no_model(tmp_path, caps
     """Jobs that fail their checks are reported with one-line errors (exit 2) without any model:
     the models folder is empty, so loading one would end the batch with a model error instead."""
     _make_inputs(tmp_path / "inputs", sample_portrait, sample_speech)
-    _write_wav(tmp_path / "inputs" / "short.wav", np.zeros(100))
+    write_wav(tmp_path / "inputs" / "short.wav", np.zeros(100))
     jobs = _write_jobs(tmp_path / "jobs.jsonl", {
         1: JOBS[3],
         2: {"image": "inputs/astronaut.jpg", "audio": "inputs/short.wav", "out": "short.mp4"},

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import wave
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from media import write_wav
 
 from kdtalker_core import cli, options, pipeline, precision
 from kdtalker_core.audio import load_audio_file
@@ -23,15 +23,6 @@ from kdtalker_core.video import Mp4Writer, probe_mp4
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEECH = ROOT / "tests" / "data" / "speech_16k_mono.wav"
-
-
-def _write_wav(path: Path, samples: np.ndarray, rate: int = 16000) -> Path:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
-    return path
 
 
 def _run_cli(args: list[str], capsys) -> tuple[int, str, str]:
@@ -68,7 +59,7 @@ def test_bad_inputs_fail_before_loading_models(tmp_path, capsys, sample_portrait
                            "--audio", str(SPEECH), "--out", str(tmp_path / "n.mp4")], capsys)
     assert rc == 2 and err.startswith("error: No face") and "wall.png" in err, err
 
-    empty = _write_wav(tmp_path / "empty.wav", np.zeros(0))
+    empty = write_wav(tmp_path / "empty.wav", np.zeros(0))
     rc, _, err = _run_cli(["generate", "--models-dir", str(tmp_path), "--image", str(sample_portrait),
                            "--audio", str(empty), "--out", str(tmp_path / "b.mp4")], capsys)
     assert rc == 2 and err.startswith("error: ") and "audio" in err.lower()

@@ -6,8 +6,6 @@ conversion never leaves a half-written file under the final name. Tensors keep t
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -15,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..atomic import publish, temp_beside
 from .files import default_models_dir, find_model_files
 from .kdtalker import check_norm, load_kdtalker_bundle
 from .liveportrait import load_liveportrait
@@ -29,16 +28,14 @@ def atomic_save_safetensors(tensors: Mapping[str, torch.Tensor], path: PathLike,
     from safetensors.torch import save_file
 
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent)
-    os.close(fd)
+    tmp = temp_beside(out)
     try:
         # clone: safetensors refuses tensors that share memory (e.g. the denoiser's shared rotary freqs)
         data = {k: v.detach().to("cpu").clone().contiguous() for k, v in tensors.items()}
-        save_file(data, tmp, metadata=dict(metadata or {}))
-        os.replace(tmp, out)
+        save_file(data, str(tmp), metadata=dict(metadata or {}))
+        publish(tmp, out)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return out
 
