@@ -332,9 +332,7 @@ def run(
     face_motions = timed("motion", n_steps, motions)
     total = min(m.num_frames for m in face_motions)
     face_motions = [m if m.num_frames == total else m.with_data(m.data[:total]) for m in face_motions]
-    n_samples = int(round(total / opts.fps * SPEECH_RATE))
-    mix = mix_tracks(tracks)[:n_samples]
-    mix = torch.nn.functional.pad(mix, (0, n_samples - mix.shape[0]))
+    mix = pipeline.speech_for_frames(mix_tracks(tracks), total, float(opts.fps))
 
     takes = [FaceTake(p, m) for p, m in zip(portraits, face_motions)]
     chunks = iter_compose(models, takes, chunk_size=opts.chunk_size)
