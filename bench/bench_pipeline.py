@@ -11,7 +11,10 @@ Stages: a crop (dlib + landmarks + official crop), b source prep (M keypoint inf
 c mel (16 kHz mono, mel, windows), d audio encoder, e motion sampling (64-frame windows, DDIM),
 f denormalise + Kalman, g render (warp + decode; ``--render-frames K`` renders K frames for real
 and extrapolates to N, as the official bench does), p paste-back, v video encode (H.264), h total.
-A warm-up pass (2 DDIM steps, 1 frame) precedes the timed run. Runs on CUDA when one is present
+A warm-up pass (2 DDIM steps, 1 frame) precedes the timed run. ``render_flops`` (skip with
+``--no-flops``) puts the render on a roofline: the FLOPs one frame executes here (FlopCounterMode),
+the official networks' 1233.6 GFLOP a frame, and the rate of the decoder's dominant convolution
+measured on this device (CPU or CUDA) as the practical peak. Runs on CUDA when one is present
 (``--device auto``, the default), else on the CPU. ``--precision auto|fp32|bf16`` follows
 kdtalker_core.precision; the rendering networks are prepared as the pipeline does
 (render.prepare_networks); ``--compile`` torch.compiles them (compile time shows in the warm-up).
@@ -169,6 +172,55 @@ def bench_stages(args, models) -> dict:
     }
 
 
+#: Direct-convolution FLOPs of one official render call at full size (warping module 342.07 GFLOP +
+#: SPADE generator 891.57 GFLOP), counted by ../shared/reference/flops_official.py (FlopCounterMode).
+OFFICIAL_RENDER_GFLOP = 342.07 + 891.57
+
+
+def _probe_rate(device: torch.device, dtype: torch.dtype) -> float:
+    """GFLOP/s of the decoder's dominant operation (3x3 conv 512->512 at 64x64, batch 1, in the
+    networks' dtype and layout) on ``device``: the practical peak the render can approach here."""
+    fmt = torch.channels_last if (device.type == "cuda" or dtype != torch.float32) else torch.contiguous_format
+    x = torch.randn(1, 512, 64, 64, device=device, dtype=dtype).contiguous(memory_format=fmt)
+    w = (0.01 * torch.randn(512, 512, 3, 3, device=device, dtype=dtype)).contiguous(memory_format=fmt)
+    best = float("inf")
+    with torch.inference_mode():
+        for _ in range(4):
+            _sync(device)
+            t0 = time.perf_counter()
+            torch.nn.functional.conv2d(x, w, padding=1)
+            _sync(device)
+            best = min(best, time.perf_counter() - t0)
+    return 2 * 512 * 512 * 9 * 64 * 64 / best / 1e9
+
+
+def render_flops(models, render_s: float) -> dict:
+    """FLOPs one rendered frame executes here (FlopCounterMode over W + G with the direct
+    convolution: NNPACK's Winograd calls are not counted by it, so they are switched off for the
+    count) against the official network's FLOPs and this device's measured convolution rate."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    dev = models.device
+    gen = torch.Generator().manual_seed(0)
+    feature = torch.randn(1, 32, 16, 64, 64, generator=gen).to(dev)
+    kp_s = (0.3 * torch.randn(1, 21, 3, generator=gen)).to(dev)
+    kp_d = kp_s + 0.02 * torch.randn(1, 21, 3, generator=gen).to(dev)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        list(render.render_frames(models.warping_network, models.spade_decoder, feature, kp_s, kp_d,
+                                  dtype=models.dtype, winograd=False))
+    executed = counter.get_total_flops() / 1e9
+    probe = _probe_rate(dev, models.dtype)
+    return {
+        "official_gflop_per_frame": round(OFFICIAL_RENDER_GFLOP, 1),
+        "executed_gflop_per_frame": round(executed, 1),
+        "executed_gflop_per_s": round(executed / render_s, 1),
+        "official_equivalent_gflop_per_s": round(OFFICIAL_RENDER_GFLOP / render_s, 1),
+        "probe_conv_gflop_per_s": round(probe, 1),
+        "fraction_of_probe_rate": round(executed / render_s / probe, 3),
+    }
+
+
 def bench_memory(args, models) -> list[dict]:
     """Peak memory of motion generation + streamed rendering for several audio lengths."""
     import imageio.v3 as iio
@@ -211,6 +263,8 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="torch.compile the rendering networks")
     ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
     ap.add_argument("--no-warmup", dest="warmup", action="store_false")
+    ap.add_argument("--no-flops", dest="flops", action="store_false",
+                    help="skip the FLOP count of one rendered frame and the convolution-rate probe")
     ap.add_argument("--memory-seconds", default=None, help="e.g. 10,60,600: memory vs audio length instead")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
@@ -232,6 +286,8 @@ def main() -> None:
         result["memory_vs_audio_length"] = bench_memory(args, models)
     else:
         result.update(bench_stages(args, models))
+        if args.flops:
+            result["render_flops"] = render_flops(models, result["render_per_frame_s"])
     print(json.dumps(result, indent=1))
     if "render_per_frame_s" in result:
         tag = models.precision + ("+compile" if args.compile else "")
