@@ -6,11 +6,18 @@ mode of the original training code, divides by sigma = u . (W v) with the STORED
 iteration). :meth:`SPADEDecoder.fuse_spectral_norm` caches the divided weights for inference.
 
 Speed-ups that keep the numbers (up to float rounding):
-- gamma and beta of a SPADE are one convolution (weights concatenated);
+- gamma and beta of a SPADE are one convolution (weights concatenated), whose bias carries the
+  "+1" of (1 + gamma), so the modulation is one ``addcmul`` pass: IN(x) * (1 + gamma) + beta;
 - the shared SPADE convolutions of one residual block run as one convolution;
 - when a block runs at s times the resolution of the conditioning map, its 3x3 convolution over the
-  nearest-upsampled map is computed on the low-resolution map with one small kernel per output
-  phase (sub-pixel position), which needs 2.25x (s=2) to 4x (s=4) fewer multiply-adds.
+  nearest-upsampled map is computed on the low-resolution map with sub-pixel kernels (taps summed
+  per low-resolution pixel; phases with equally sized kernels stacked into one convolution), which
+  needs 2.25x (s=2) to 4x (s=4) fewer multiply-adds; strided copies interleave the phases;
+- the x2 nearest upsampling in front of the up blocks is never built: instance-norm statistics of
+  an upsampled map equal those of the map, so the block normalises at low resolution and the
+  modulation reads the normalised map through a broadcast view;
+- instance normalisation is ``native_batch_norm`` over one sample (float32 statistics whatever
+  the dtype); activations are applied in place on temporaries.
 
 Optional, for float32 on CPU: inside :func:`winograd_convolutions` every 3x3 convolution runs
 through NNPACK's Winograd kernels (:mod:`kdtalker_core.backends.nnpack`; about 2.5-3x faster than
@@ -20,7 +27,11 @@ float32 on CPUs where a measured probe says it wins.
 
 Reduced precision: with bf16/fp16 weights (:func:`kdtalker_core.render.prepare_networks`) the
 convolutions and modulations run in that dtype, in channels-last memory when ``channels_last`` is
-set; instance-norm statistics and the final sigmoid stay float32.
+set; instance-norm statistics and the final sigmoid stay float32. bf16 channels-last 3x3
+convolutions with many output channels run through our Winograd F(2,3)
+(:mod:`kdtalker_core.backends.winograd`, transformed weights cached per module) where its shape
+rule says it wins (``KDTALKER_BF16_WINOGRAD=0`` turns it off; frames ~51 instead of ~54 dB PSNR
+against float32).
 """
 
 from __future__ import annotations
@@ -34,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backends import nnpack
+from ..backends import nnpack, winograd
 from .blocks import to_compute
 
 #: Hidden width of every SPADE modulation branch.
@@ -62,16 +73,56 @@ def winograd_convolutions(enabled: bool = True) -> Iterator[bool]:
         _WINOGRAD.reset(token)
 
 
-def conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """3x3 convolution, stride 1, zero padding 1 (Winograd inside :func:`winograd_convolutions`)."""
-    if (not torch.compiler.is_compiling() and _WINOGRAD.get() and x.device.type == "cpu"
-            and x.dtype == torch.float32
-            and weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")):
+class _CachedKernels(nn.Module):
+    """A module that caches derived convolution kernels (concatenations, sub-pixel phases).
+
+    The cache is dropped whenever parameters move or change dtype (``.to``, ``.half`` ...) and
+    when a state dict is loaded, so it never goes stale.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._kernel_cache: dict[object, object] = {}
+        self.register_load_state_dict_pre_hook(_CachedKernels._drop_cache)
+
+    @staticmethod
+    def _drop_cache(module: nn.Module, *args: object) -> None:
+        module._kernel_cache = {}
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        self._kernel_cache = {}
+        return super()._apply(fn, recurse)
+
+    def cached(self, key: object, make):  # type: ignore[no-untyped-def]
+        """``make()`` once per ``key`` (outside autograd), then the cached value."""
+        value = self._kernel_cache.get(key)
+        if value is None:
+            with torch.no_grad():
+                value = self._kernel_cache[key] = make()
+        return value
+
+
+def conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+            cache: _CachedKernels | None = None, key: object = "winograd") -> torch.Tensor:
+    """3x3 convolution, stride 1, zero padding 1.
+
+    float32 on the CPU inside :func:`winograd_convolutions`: NNPACK. bf16 channels-last on the
+    CPU where :func:`kdtalker_core.backends.winograd.preferred` says so: our Winograd F(2,3),
+    with the transformed weight kept in ``cache`` under ``key`` (only when a cache is given).
+    Everything else: ``F.conv2d``.
+    """
+    if torch.compiler.is_compiling() or x.device.type != "cpu" or torch.is_autocast_enabled("cpu"):
+        return F.conv2d(x, weight, bias, padding=1)
+    if _WINOGRAD.get() and x.dtype == torch.float32 and weight.dtype == torch.float32:
         return nnpack.conv3x3(x, weight, bias)
+    if cache is not None and _is_channels_last(x) and winograd.preferred(x, weight):
+        # (Channel slices of a channels-last map stay on oneDNN: measured no faster through Winograd.)
+        u = cache.cached(key, lambda: winograd.transform_weight(weight))
+        return winograd.conv3x3(x, u, bias)
     return F.conv2d(x, weight, bias, padding=1)
 
 
-class SpectralNormConv2d(nn.Module):
+class SpectralNormConv2d(_CachedKernels):
     """Conv2d whose weight is ``weight_orig / sigma``, sigma = u . (weight_orig.reshape(out,-1) @ v).
 
     State-dict keys, in order: ``bias`` (if any), ``weight_orig``, ``weight_u`` (out,),
@@ -117,6 +168,7 @@ class SpectralNormConv2d(nn.Module):
     @staticmethod
     def _drop_fused(module: nn.Module, *args: object) -> None:
         module.fused_weight = None
+        module._kernel_cache = {}
 
     def normalized_weight(self) -> torch.Tensor:
         """weight_orig / sigma computed in float32, (out,in,k,k) float32."""
@@ -128,6 +180,7 @@ class SpectralNormConv2d(nn.Module):
     def fuse(self) -> None:
         """Cache the divided weight (in the parameter dtype) so forward skips the division."""
         self.fused_weight = self.normalized_weight().to(self.weight_orig.dtype)
+        self._kernel_cache = {}
 
     def weight(self) -> torch.Tensor:
         """The effective convolution weight (cached after :meth:`fuse`)."""
@@ -136,7 +189,7 @@ class SpectralNormConv2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.weight()
         if weight.shape[-1] == 3 and self.padding == 1:
-            return conv3x3(x, weight, self.bias)
+            return conv3x3(x, weight, self.bias, cache=self if self.fused_weight is not None else None)
         return F.conv2d(x, weight, self.bias, padding=self.padding)
 
 
@@ -152,52 +205,172 @@ def _phase_taps(factor: int, phase: int) -> tuple[int, list[list[int]]]:
     return first, [groups[o] for o in range(first, max(groups) + 1)]
 
 
-def phase_kernels(weight: torch.Tensor, factor: int) -> list[tuple[int, int, torch.Tensor]]:
-    """The sub-pixel kernels of a 3x3 convolution over an x``factor`` nearest-upsampled map.
+def _phase_groups(factor: int) -> list[tuple[list[int], int, list[list[int]]]]:
+    """Output phases of x``factor`` nearest upsampling + a 3-tap kernel, grouped for one convolution each.
 
-    weight (Cout,Cin,3,3) -> for each output phase (py,px) in row-major order: (first low-res
-    row offset, first low-res column offset, kernel (Cout,Cin,ny,nx)) whose taps are the sums of
-    the 3x3 taps landing on the same low-resolution pixel. Sums run in float32 whatever the
-    weight dtype; kernels come back in the weight's dtype and memory format.
+    Phases whose sub-pixel kernels have the same number of low-res taps and whose phase index and
+    first low-res offset both step evenly form one group: (phases, first offset of the first phase,
+    taps summed into each low-res offset, per phase). One group per axis for factor 2, two for 4.
+    """
+    by_size: dict[int, list[tuple[int, int, list[list[int]]]]] = {}
+    for p in range(factor):
+        first, taps = _phase_taps(factor, p)
+        by_size.setdefault(len(taps), []).append((p, first, taps))
+    groups: list[tuple[list[int], int, list[list[int]]]] = []
+    for members in by_size.values():
+        run = [members[0]]
+        for m in members[1:]:
+            if len(run) >= 2 and (m[0] - run[-1][0] != run[1][0] - run[0][0]
+                                  or m[1] - run[-1][1] != run[1][1] - run[0][1]):
+                groups.append(([r[0] for r in run], run[0][1], [r[2] for r in run]))
+                run = []
+            run.append(m)
+        groups.append(([r[0] for r in run], run[0][1], [r[2] for r in run]))
+    return groups
+
+
+def _step(values: list[int]) -> int:
+    """The even step of an arithmetic run (0 for a single value)."""
+    return values[1] - values[0] if len(values) > 1 else 0
+
+
+class PhaseGroup:
+    """One convolution of :func:`conv3x3_upsampled`: the stacked sub-pixel kernels of a block of phases.
+
+    ``rows``/``cols``: the output phases (py, px) it computes (arithmetic runs); ``row0``/``col0``:
+    low-res offset of the first phase's window; ``drow``/``dcol``: how that offset steps from one
+    phase to the next; ``weight`` (len(rows)*len(cols)*Cout, Cin, ny, nx) with phases in row-major
+    order, ``bias`` (same first dim,) or None.
+    """
+
+    def __init__(self, rows: list[int], row0: int, drow: int, cols: list[int], col0: int, dcol: int,
+                 weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        self.rows, self.row0, self.drow = rows, row0, drow
+        self.cols, self.col0, self.dcol = cols, col0, dcol
+        self.weight, self.bias = weight, bias
+
+
+def phase_kernels(weight: torch.Tensor, factor: int, bias: torch.Tensor | None = None) -> list[PhaseGroup]:
+    """The sub-pixel kernels of a 3x3 convolution over an x``factor`` nearest-upsampled map, grouped.
+
+    weight (Cout,Cin,3,3) -> groups of output phases, each one convolution over the low-res map
+    whose kernel taps are the sums of the 3x3 taps landing on the same low-resolution pixel (exact,
+    and 2.25x (factor 2) to 4x (factor 4) fewer multiply-adds than the upsampled convolution).
+    Sums run in float32 whatever the weight dtype; kernels come back in the weight's dtype and
+    memory format. ``bias`` (Cout,) is repeated for every phase of a group.
     """
     w32 = weight.float()
     fmt = torch.channels_last if _is_channels_last(weight) else torch.contiguous_format
-    phases = [_phase_taps(factor, p) for p in range(factor)]
-    kernels = []
-    for oy, rows in phases:
-        # (ny, 3, 3) row-summed kernels for this vertical phase.
-        wr = torch.stack([w32[:, :, r].sum(dim=2) for r in rows], dim=2)  # (Cout,Cin,ny,3)
-        for ox, cols in phases:
-            k = torch.stack([wr[:, :, :, c].sum(dim=3) for c in cols], dim=3)  # (Cout,Cin,ny,nx)
-            kernels.append((oy, ox, k.to(dtype=weight.dtype, memory_format=fmt)))
-    return kernels
+    groups = _phase_groups(factor)
+    out = []
+    for rows, row0, row_taps in groups:
+        for cols, col0, col_taps in groups:
+            kernels = []
+            for rt in row_taps:
+                wr = torch.stack([w32[:, :, r].sum(dim=2) for r in rt], dim=2)  # (Cout,Cin,ny,3)
+                for ct in col_taps:
+                    kernels.append(torch.stack([wr[:, :, :, c].sum(dim=3) for c in ct], dim=3))
+            k = torch.cat(kernels).to(dtype=weight.dtype, memory_format=fmt)
+            b = None if bias is None else bias.repeat(len(kernels))
+            drow = _step([_phase_taps(factor, p)[0] for p in rows])
+            dcol = _step([_phase_taps(factor, p)[0] for p in cols])
+            out.append(PhaseGroup(rows, row0, drow, cols, col0, dcol, k, b))
+    return out
 
 
 def conv3x3_upsampled(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                      factor: int, kernels: list[tuple[int, int, torch.Tensor]] | None = None) -> torch.Tensor:
-    """``conv2d(interpolate(x, scale_factor=factor, mode='nearest'), weight, bias, padding=1)``.
+                      factor: int, kernels: list[PhaseGroup] | None = None, relu: bool = False) -> torch.Tensor:
+    """``conv2d(interpolate(x, scale_factor=factor, mode='nearest'), weight, bias, padding=1)`` (then ReLU if ``relu``).
 
     x (B,Cin,H,W), weight (Cout,Cin,3,3) -> (B,Cout,factor*H,factor*W), computed on the low
-    resolution input: each output phase (py,px) is a small valid convolution whose kernel sums
-    the 3x3 taps that land on the same low-resolution pixel. ``kernels``: precomputed
-    :func:`phase_kernels` of ``weight`` (computed here when None). The output keeps x's memory
-    format (channels-last in, channels-last out).
+    resolution input: each group of output phases (see :func:`phase_kernels`; one group for
+    factor 2, four for factor 4) is one valid convolution over a window of the zero-padded input,
+    and strided copies (fused with the ReLU) interleave its phases into the output.
+    ``kernels``: precomputed :func:`phase_kernels` of ``weight`` and ``bias`` (computed here when
+    None). The output keeps x's memory format (channels-last in, channels-last out).
+    """
+    return conv3x3_upsampled_parts(x, weight, bias, factor, kernels, relu)[0]
+
+
+def conv3x3_upsampled_parts(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, factor: int,
+                            kernels: list[PhaseGroup] | None = None, relu: bool = False,
+                            split: int | None = None) -> list[torch.Tensor]:
+    """:func:`conv3x3_upsampled` with its output channels cut into parts of ``split`` channels.
+
+    Each part (B,split,factor*H,factor*W) is its own dense tensor in x's memory format (a channel
+    slice of one channels-last map would be strided, and a convolution reading it copies it
+    first). ``split`` None: one part with every channel. Factor 1 (a plain convolution) returns
+    channel views of one map.
     """
     if factor == 1:
-        return conv3x3(x, weight, bias)
+        out = conv3x3(x, weight, bias)
+        out = F.relu(out, inplace=True) if relu else out
+        return [out] if split is None else list(out.split(split, 1))
     if kernels is None:
-        kernels = phase_kernels(weight, factor)
+        kernels = phase_kernels(weight, factor, bias)
     b, _, h, w = x.shape
+    cout = weight.shape[0]
+    split = cout if split is None else split
     xp = F.pad(x, (1, 1, 1, 1))
-    fmt = torch.channels_last if _is_channels_last(x) else torch.contiguous_format
-    out = torch.empty((b, weight.shape[0], h * factor, w * factor), dtype=x.dtype, device=x.device,
-                      memory_format=fmt)
-    for i, (oy, ox, k) in enumerate(kernels):
-        py, px = divmod(i, factor)
-        ny, nx = k.shape[2], k.shape[3]
-        window = xp[:, :, 1 + oy: 1 + oy + h + ny - 1, 1 + ox: 1 + ox + w + nx - 1]
-        out[:, :, py::factor, px::factor] = F.conv2d(window, k, bias)
-    return out
+    fmt = _memory_format(x)
+    parts: list[torch.Tensor] = []
+    for g in kernels:
+        ny, nx = g.weight.shape[2], g.weight.shape[3]
+        gr, gc = len(g.rows), len(g.cols)
+        # Low-res window (padded coordinates) covering every phase of the group.
+        r0, c0 = 1 + g.row0, 1 + g.col0
+        window = xp[:, :, r0: r0 + h + g.drow * (gr - 1) + ny - 1, c0: c0 + w + g.dcol * (gc - 1) + nx - 1]
+        y = F.conv2d(window, g.weight, g.bias)  # (B, gr*gc*Cout, h + drow*(gr-1), w + dcol*(gc-1))
+        if not parts:  # in the convolution's dtype (autocast may change it)
+            parts = [torch.empty((b, min(split, cout - c), h * factor, w * factor), dtype=y.dtype,
+                                 device=x.device, memory_format=fmt) for c in range(0, cout, split)]
+        if torch.compiler.is_compiling():  # plain slices (Dynamo rejects strided out= tensors)
+            _interleave_sliced(y, parts, g, factor, cout, split, relu)
+            continue
+        sy = y.stride()
+        for k, out in enumerate(parts):
+            n = out.shape[1]
+            so = out.stride()
+            # y[b, (ky*gc + kx)*Cout + k*split + c, i + drow*ky, j + dcol*kx]
+            #   -> part k [b, c, f*i + rows[ky], f*j + cols[kx]]
+            src = y.as_strided((b, n, h, gr, w, gc),
+                               (sy[0], sy[1], sy[2], g.drow * sy[2] + gc * cout * sy[1],
+                                sy[3], g.dcol * sy[3] + cout * sy[1]),
+                               k * split * sy[1])  # y and out are fresh: storage offset 0
+            dst = out.as_strided((b, n, h, gr, w, gc),
+                                 (so[0], so[1], factor * so[2], _step(g.rows) * so[2],
+                                  factor * so[3], _step(g.cols) * so[3]),
+                                 g.rows[0] * so[2] + g.cols[0] * so[3])
+            for kx in range(gc):  # one copy per column phase: long inner loops (measured 2-3x faster)
+                if relu:
+                    torch.clamp(src[..., kx], min=0, out=dst[..., kx])
+                else:
+                    dst[..., kx].copy_(src[..., kx])
+    return parts
+
+
+def _interleave_sliced(y: torch.Tensor, parts: list[torch.Tensor], g: PhaseGroup, factor: int, cout: int,
+                       split: int, relu: bool) -> None:
+    """The interleave of :func:`conv3x3_upsampled_parts` phase by phase with basic slicing (for torch.compile)."""
+    h, w = parts[0].shape[-2] // factor, parts[0].shape[-1] // factor
+    for ky, py in enumerate(g.rows):
+        for kx, px in enumerate(g.cols):
+            base = (ky * len(g.cols) + kx) * cout
+            r, c = g.drow * ky, g.dcol * kx
+            for k, out in enumerate(parts):
+                src = y[:, base + k * split: base + k * split + out.shape[1], r: r + h, c: c + w]
+                out[:, :, py::factor, px::factor] = src.clamp(min=0) if relu else src
+
+
+def _phase_view(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """(B,C,f*h,f*w) -> the view (B,C,h,f,w,f), any strides."""
+    h, w = x.shape[-2] // factor, x.shape[-1] // factor
+    return x.unflatten(3, (w, factor)).unflatten(2, (h, factor))
+
+
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    """channels-last for a channels-last 4D x, else contiguous."""
+    return torch.channels_last if _is_channels_last(x) else torch.contiguous_format
 
 
 def _is_channels_last(x: torch.Tensor) -> bool:
@@ -205,61 +378,24 @@ def _is_channels_last(x: torch.Tensor) -> bool:
     return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
-def instance_normalize(x: torch.Tensor) -> torch.Tensor:
-    """Per-sample, per-channel normalisation (biased variance, eps 1e-5) in float32.
+#: Instance-norm epsilon (added to the biased variance).
+IN_EPS = 1e-5
 
-    The result keeps a channels-last x channels-last (so the modulation that follows does not mix
-    memory layouts, which PyTorch runs several times slower).
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """Per-sample, per-channel normalisation (x - mean) / sqrt(var + 1e-5), biased variance.
+
+    x (B,C,H,W) -> same shape, dtype and memory format. Statistics accumulate in float32 for
+    every dtype (``native_batch_norm`` over one sample is instance normalisation; for bf16 it is
+    several times faster than ``var_mean`` on channels-last maps). Contiguous maps go through
+    one (1,B*C,H,W) view; channels-last batches sample by sample.
     """
     with torch.autocast(x.device.type, enabled=False):
-        out = F.instance_norm(x.float(), eps=1e-5)
-    if _is_channels_last(x) and not _is_channels_last(out):
-        out = out.contiguous(memory_format=torch.channels_last)
-    return out
-
-
-def normalize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Instance normalisation in a form :meth:`SPADE.modulate` takes: (normalized, None) or (centred, rstd).
-
-    float32 x (the official path): (IN(x) in float32, None). Reduced-precision x (B,C,H,W): no
-    float32 copy of the map; statistics accumulate in float32 (``var_mean``), the centred map
-    x - mean stays in x's dtype and memory format, and rstd (B,C,1,1) = 1/sqrt(var + 1e-5) is
-    applied inside the modulation (see :meth:`SPADE.modulate`).
-    """
-    if x.dtype == torch.float32:
-        return instance_normalize(x), None
-    var, mean = torch.var_mean(x, dim=(2, 3), keepdim=True, correction=0)
-    rstd = torch.rsqrt(var.float() + 1e-5).to(x.dtype)
-    return x - mean, rstd
-
-
-class _CachedKernels(nn.Module):
-    """A module that caches derived convolution kernels (concatenations, sub-pixel phases).
-
-    The cache is dropped whenever parameters move or change dtype (``.to``, ``.half`` ...) and
-    when a state dict is loaded, so it never goes stale.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._kernel_cache: dict[object, object] = {}
-        self.register_load_state_dict_pre_hook(_CachedKernels._drop_cache)
-
-    @staticmethod
-    def _drop_cache(module: nn.Module, *args: object) -> None:
-        module._kernel_cache = {}
-
-    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
-        self._kernel_cache = {}
-        return super()._apply(fn, recurse)
-
-    def cached(self, key: object, make):  # type: ignore[no-untyped-def]
-        """``make()`` once per ``key`` (outside autograd), then the cached value."""
-        value = self._kernel_cache.get(key)
-        if value is None:
-            with torch.no_grad():
-                value = self._kernel_cache[key] = make()
-        return value
+        if x.shape[0] == 1 or x.is_contiguous():
+            flat = x if x.shape[0] == 1 else x.reshape(1, -1, *x.shape[2:])
+            out = torch.ops.aten.native_batch_norm(flat, None, None, None, None, True, 0.0, IN_EPS)[0]
+            return out.view(x.shape) if out.shape != x.shape else out
+        return torch.cat([normalize(x[i:i + 1]) for i in range(x.shape[0])])
 
 
 class SPADE(_CachedKernels):
@@ -277,29 +413,50 @@ class SPADE(_CachedKernels):
         self.mlp_beta = nn.Conv2d(SPADE_HIDDEN, norm_nc, kernel_size=3, padding=1)
 
     def gamma_beta(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """One convolution for gamma and beta: weight (2C,128,3,3), bias (2C,) (cached)."""
-        return self.cached("gamma_beta", lambda: (
-            torch.cat([self.mlp_gamma.weight, self.mlp_beta.weight], dim=0),
-            torch.cat([self.mlp_gamma.bias, self.mlp_beta.bias], dim=0)))
+        """One convolution for (1 + gamma) and beta: weight (2C,128,3,3), bias (2C,) (cached).
 
-    def modulate(self, normalized: torch.Tensor, actv: torch.Tensor,
-                 rstd: torch.Tensor | None = None) -> torch.Tensor:
-        """normalized (B,C,H,W) and shared activation actv (B,128,H,W) -> modulated (B,C,H,W).
+        The "+1" of the modulation is folded into the gamma half of the bias (added in float32).
+        """
+        def make() -> tuple[torch.Tensor, torch.Tensor]:
+            bias = torch.cat([self.mlp_gamma.bias.float() + 1, self.mlp_beta.bias.float()])
+            return (torch.cat([self.mlp_gamma.weight, self.mlp_beta.weight], dim=0),
+                    bias.to(self.mlp_gamma.bias.dtype))
+        return self.cached("gamma_beta", make)
 
-        With ``rstd`` (from :func:`normalize` on reduced precision) ``normalized`` is the centred
-        map and the result is centred * rstd * (1 + gamma) + beta, in two fused passes.
+    def modulate(self, normalized: torch.Tensor, actv: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        """IN(x) (B,C,h,w) and shared activation actv (B,128,H,W) -> up(IN(x)) * (1 + gamma) + beta (B,C,H,W).
+
+        One fused pass after the gamma/beta convolution. When H,W = s*h,s*w the normalised map
+        is nearest-upsampled by s inside that pass (broadcast, never materialised).
+        ``inplace``: write the result over ``normalized`` (same size only; when the caller no
+        longer needs it; saves an allocation).
         """
         weight, bias = self.gamma_beta()
-        gamma, beta = conv3x3(actv, weight, bias).chunk(2, dim=1)
-        if rstd is not None:
-            return torch.addcmul(beta, normalized, torch.addcmul(rstd, gamma, rstd))
-        # Statistics come in float32; the modulated map follows the convolution dtype.
-        return normalized.to(gamma.dtype) * (1 + gamma) + beta
+        gamma1, beta = conv3x3(actv, weight, bias, cache=self).chunk(2, dim=1)
+        if normalized.dtype != gamma1.dtype:  # autocast: convolutions run in the reduced dtype
+            normalized, inplace = normalized.to(gamma1.dtype), normalized.shape == gamma1.shape
+        fmt = _memory_format(normalized)
+        # Where the result goes: over ``normalized`` if allowed, else over beta when beta is a dense
+        # map in that layout (NCHW: gamma and beta are contiguous halves of the convolution's
+        # output), else a new map. Reusing memory skips the page faults of a fresh large map.
+        if torch.compiler.is_compiling():  # functional form (Dynamo rejects strided out= tensors)
+            if normalized.shape != gamma1.shape:
+                normalized = F.interpolate(normalized, size=gamma1.shape[-2:], mode="nearest")
+            return torch.addcmul(beta, normalized, gamma1)
+        if normalized.shape == gamma1.shape:
+            out = normalized if inplace else (beta if beta.is_contiguous(memory_format=fmt) else None)
+            return torch.addcmul(beta, normalized, gamma1, out=out)
+        h, w = normalized.shape[-2:]
+        s = gamma1.shape[-1] // w
+        out = beta if beta.is_contiguous(memory_format=fmt) else torch.empty(
+            gamma1.shape, dtype=gamma1.dtype, device=gamma1.device, memory_format=fmt)
+        torch.addcmul(_phase_view(beta, s), normalized[:, :, :, None, :, None], _phase_view(gamma1, s),
+                      out=_phase_view(out, s))
+        return out
 
     def forward(self, x: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
         actv = shared_activations([self], seg, tuple(x.shape[-2:]))[0]
-        normalized, rstd = normalize(x)
-        return self.modulate(normalized, actv, rstd)
+        return self.modulate(normalize(x), actv, inplace=True)
 
 
 def shared_activations(norms: list[SPADE], seg: torch.Tensor, size: tuple[int, int],
@@ -319,14 +476,13 @@ def shared_activations(norms: list[SPADE], seg: torch.Tensor, size: tuple[int, i
         convs = [n.mlp_shared[0] for n in norms]
         weight = torch.cat([c.weight for c in convs], dim=0)
         bias = torch.cat([c.bias for c in convs], dim=0)
-        return weight, bias, (phase_kernels(weight, factor) if factor > 1 else None)
+        return weight, bias, (phase_kernels(weight, factor, bias) if factor > 1 else None)
 
     weight, bias, kernels = make() if cache is None else cache.cached(("shared", factor), make)
     if factor:
-        actv = conv3x3_upsampled(seg, weight, bias, factor, kernels)
-    else:
-        actv = conv3x3(F.interpolate(seg, size=size, mode="nearest"), weight, bias)
-    return list(F.relu(actv).split(SPADE_HIDDEN, dim=1))
+        return conv3x3_upsampled_parts(seg, weight, bias, factor, kernels, relu=True, split=SPADE_HIDDEN)
+    actv = F.relu(conv3x3(F.interpolate(seg, size=size, mode="nearest"), weight, bias), inplace=True)
+    return list(actv.split(SPADE_HIDDEN, dim=1))
 
 
 class SPADEResnetBlock(_CachedKernels):
@@ -348,19 +504,27 @@ class SPADEResnetBlock(_CachedKernels):
         if self.learned_shortcut:
             self.norm_s = SPADE(fin, label_nc)
 
-    def forward(self, x: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
-        """x (B,fin,H,W), seg (B,label_nc,h,w) with H,W multiples of h,w -> (B,fout,H,W)."""
+    def forward(self, x: torch.Tensor, seg: torch.Tensor, upsample: int = 1) -> torch.Tensor:
+        """x (B,fin,h,w), seg (B,label_nc,h',w') -> (B,fout,H,W), H,W = upsample*(h,w) multiples of h',w'.
+
+        ``upsample`` > 1: the block runs on ``interpolate(x, scale_factor=upsample, mode='nearest')``
+        without building it: instance-norm statistics of a nearest-upsampled map are those of x, so x
+        is normalised at low resolution and upsampled inside the modulation.
+        """
+        size = (x.shape[-2] * upsample, x.shape[-1] * upsample)
         norms = [self.norm_0, self.norm_1] + ([self.norm_s] if self.learned_shortcut else [])
-        actvs = shared_activations(norms, seg, tuple(x.shape[-2:]), cache=self)
-        x_norm, rstd = normalize(x)
-        shortcut = self.conv_s(self.norm_s.modulate(x_norm, actvs[2], rstd)) if self.learned_shortcut else x
-        dx = self.conv_0(F.leaky_relu(self.norm_0.modulate(x_norm, actvs[0], rstd), 0.2))
-        dx_norm, dx_rstd = normalize(dx)
-        dx = self.conv_1(F.leaky_relu(self.norm_1.modulate(dx_norm, actvs[1], dx_rstd), 0.2))
-        return shortcut + dx
+        actvs = shared_activations(norms, seg, size, cache=self)
+        x_norm = normalize(x)
+        if self.learned_shortcut:
+            shortcut = self.conv_s(self.norm_s.modulate(x_norm, actvs[2]))
+        else:
+            shortcut = x if upsample == 1 else F.interpolate(x, scale_factor=float(upsample), mode="nearest")
+        dx = self.conv_0(F.leaky_relu(self.norm_0.modulate(x_norm, actvs[0], inplace=True), 0.2, inplace=True))
+        dx = self.conv_1(F.leaky_relu(self.norm_1.modulate(normalize(dx), actvs[1], inplace=True), 0.2, inplace=True))
+        return dx.add_(shortcut) if dx.dtype == shortcut.dtype else shortcut + dx
 
 
-class SPADEDecoder(nn.Module):
+class SPADEDecoder(_CachedKernels):
     """fc -> 6 SPADE blocks -> (x2, block) x2 -> conv (+ PixelShuffle x2) -> sigmoid.
 
     Keys match ``spade_generator.pth``. With ``upscale > 1`` the last conv predicts 12 channels
@@ -404,12 +568,12 @@ class SPADEDecoder(nn.Module):
     def forward(self, feature: torch.Tensor) -> torch.Tensor:
         """feature (B,C,H,W) -> image (B,3,4H,4W) (8H,8W with upscale) float32 in [0,1]."""
         seg = feature = to_compute(feature, self.fc.weight.dtype, self.channels_last)
-        x = conv3x3(feature, self.fc.weight, self.fc.bias)
+        x = conv3x3(feature, self.fc.weight, self.fc.bias, cache=self, key="winograd_fc")
         for block in self.middle_blocks():
             x = block(x, seg)
-        x = self.up_0(F.interpolate(x, scale_factor=2.0, mode="nearest"), seg)
-        x = self.up_1(F.interpolate(x, scale_factor=2.0, mode="nearest"), seg)
-        x = F.leaky_relu(x, 0.2)
+        x = self.up_0(x, seg, upsample=2)  # the block on the x2 nearest-upsampled map
+        x = self.up_1(x, seg, upsample=2)
+        x = F.leaky_relu(x, 0.2, inplace=True)
         if isinstance(self.conv_img, nn.Sequential):
             x = self.conv_img[1](conv3x3(x, self.conv_img[0].weight, self.conv_img[0].bias))
         else:

@@ -1,0 +1,270 @@
+"""The SPADE decoder's fast paths against the plain PyTorch computations they replace.
+
+Each fast path (sub-pixel convolution of a nearest-upsampled map, float32-statistics instance
+norm, the single-pass modulation with the "+1" folded into the bias, the upsample folded into an
+up block, bf16 Winograd F(2,3)) is checked against F.conv2d / F.interpolate / the instance-norm
+formula, in float32 and bf16, batch 1 and 2, channels-last and NCHW.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from small_networks import SMALL_SPADE
+
+from kdtalker_core.backends import winograd
+from kdtalker_core.networks.spade import (
+    SPADE,
+    SPADEDecoder,
+    SPADEResnetBlock,
+    SpectralNormConv2d,
+    conv3x3,
+    conv3x3_upsampled,
+    conv3x3_upsampled_parts,
+    normalize,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+LAYOUTS = [torch.contiguous_format, torch.channels_last]
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / b.norm())
+
+
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = float((a.double() - b.double()).pow(2).mean())
+    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+def _map(shape: tuple[int, ...], dtype: torch.dtype, fmt: torch.memory_format, seed: int,
+         offset: float = 0.0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return (offset + torch.randn(shape, generator=gen)).to(dtype).contiguous(memory_format=fmt)
+
+
+def _instance_norm_reference(x: torch.Tensor) -> torch.Tensor:
+    """(x - mean) / sqrt(biased var + 1e-5) per sample and channel, in float64."""
+    x = x.double()
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    var = x.var(dim=(2, 3), keepdim=True, correction=0)
+    return (x - mean) / torch.sqrt(var + 1e-5)
+
+
+# ---------------------------------------------------------------- sub-pixel upsampled convolution
+
+@pytest.mark.parametrize("factor", [2, 3, 4])
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("fmt", LAYOUTS)
+def test_upsampled_conv_float32_equals_conv_of_interpolate(factor: int, batch: int,
+                                                          fmt: torch.memory_format) -> None:
+    x = _map((batch, 5, 6, 7), torch.float32, fmt, 1)
+    weight = _map((9, 5, 3, 3), torch.float32, fmt, 2) * 0.3
+    bias = _map((9,), torch.float32, torch.contiguous_format, 3)
+    expected = F.conv2d(F.interpolate(x, scale_factor=factor, mode="nearest"), weight, bias, padding=1)
+    got = conv3x3_upsampled(x, weight, bias, factor)
+    assert got.shape == expected.shape
+    assert got.is_contiguous(memory_format=fmt)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    relu = conv3x3_upsampled(x, weight, None, factor, relu=True)
+    torch.testing.assert_close(relu, F.relu(expected - bias.view(1, -1, 1, 1)), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("factor", [2, 4])
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("fmt", LAYOUTS)
+def test_upsampled_conv_bf16_and_split_parts(factor: int, batch: int, fmt: torch.memory_format) -> None:
+    x = _map((batch, 16, 8, 8), torch.bfloat16, fmt, 4)
+    weight = (_map((24, 16, 3, 3), torch.float32, fmt, 5) / 12).to(torch.bfloat16)
+    bias = _map((24,), torch.bfloat16, torch.contiguous_format, 6)
+    expected = F.relu(F.conv2d(F.interpolate(x.float(), scale_factor=factor, mode="nearest"),
+                               weight.float(), bias.float(), padding=1))
+    parts = conv3x3_upsampled_parts(x, weight, bias, factor, relu=True, split=8)
+    assert len(parts) == 3
+    for part in parts:
+        assert part.dtype == torch.bfloat16 and part.shape == (batch, 8, 8 * factor, 8 * factor)
+        assert part.is_contiguous(memory_format=fmt)  # dense parts: the next convolution copies nothing
+    # Kernel tap sums are rounded to bf16 once: error of the order of bf16 rounding (2^-8 relative).
+    assert _rel(torch.cat(parts, dim=1), expected) < 1e-2
+
+
+# ---------------------------------------------------------------- instance normalisation
+
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("fmt", LAYOUTS)
+def test_normalize_float32_matches_instance_norm(batch: int, fmt: torch.memory_format) -> None:
+    x = _map((batch, 6, 16, 16), torch.float32, fmt, 7, offset=3.0)
+    got = normalize(x)
+    assert got.dtype == torch.float32 and got.is_contiguous(memory_format=fmt)
+    torch.testing.assert_close(got, F.instance_norm(x, eps=1e-5), atol=1e-5, rtol=1e-5)
+    if fmt == torch.contiguous_format:  # the official layout: bit-identical to F.instance_norm
+        assert torch.equal(got, F.instance_norm(x, eps=1e-5))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("fmt", LAYOUTS)
+def test_normalize_reduced_precision_statistics_in_float32(dtype: torch.dtype, batch: int,
+                                                           fmt: torch.memory_format) -> None:
+    # 128x128 maps: summing 16384 values in bf16 itself would be far off; float32 sums are not.
+    x = _map((batch, 4, 128, 128), dtype, fmt, 8, offset=2.0)
+    got = normalize(x)
+    assert got.dtype == dtype and got.is_contiguous(memory_format=fmt) and got.shape == x.shape
+    expected = _instance_norm_reference(x)
+    eps = torch.finfo(dtype).eps
+    assert _rel(got, expected) < 4 * eps
+    # No channel is shifted or scaled as a whole (what poorly accumulated statistics would do).
+    assert float((got.double() - expected).mean(dim=(2, 3)).abs().max()) < 4 * eps
+    assert float(got.double().std(dim=(2, 3), correction=0).sub(1).abs().max()) < 4 * eps
+
+
+# ---------------------------------------------------------------- SPADE modulation
+
+def _spade_reference(spade: SPADE, x: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
+    """IN(x) * (1 + gamma) + beta with the original module's layers, in float32."""
+    seg = F.interpolate(seg.float(), size=x.shape[-2:], mode="nearest")
+    actv = F.relu(F.conv2d(seg, spade.mlp_shared[0].weight.float(), spade.mlp_shared[0].bias.float(), padding=1))
+    gamma = F.conv2d(actv, spade.mlp_gamma.weight.float(), spade.mlp_gamma.bias.float(), padding=1)
+    beta = F.conv2d(actv, spade.mlp_beta.weight.float(), spade.mlp_beta.bias.float(), padding=1)
+    return F.instance_norm(x.float(), eps=1e-5) * (1 + gamma) + beta
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("fmt", LAYOUTS)
+def test_spade_single_pass_modulation(dtype: torch.dtype, tol: float, batch: int, fmt: torch.memory_format) -> None:
+    torch.manual_seed(9)
+    spade = SPADE(8, 5).eval()
+    with torch.no_grad():
+        spade.mlp_gamma.bias.uniform_(-0.5, 0.5)  # the folded "+1" must not eat a real bias
+    spade = spade.to(dtype=dtype, memory_format=fmt)
+    x = _map((batch, 8, 12, 12), dtype, fmt, 10, offset=1.0)
+    seg = _map((batch, 5, 6, 6), dtype, fmt, 11)
+    with torch.no_grad():
+        got = spade(x, seg)
+        expected = _spade_reference(spade, x, seg)
+    assert got.dtype == dtype and got.is_contiguous(memory_format=fmt)
+    assert _rel(got, expected) < tol
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("fmt", LAYOUTS)
+def test_up_block_folds_the_upsample(dtype: torch.dtype, tol: float, batch: int, fmt: torch.memory_format) -> None:
+    torch.manual_seed(12)
+    block = SPADEResnetBlock(8, 4, 6).eval()
+    for m in block.modules():
+        if isinstance(m, SpectralNormConv2d):
+            m.fuse()
+    block = block.to(dtype=dtype, memory_format=fmt)
+    x = _map((batch, 8, 6, 6), dtype, fmt, 13)
+    seg = _map((batch, 6, 6, 6), dtype, fmt, 14)
+    with torch.no_grad():
+        got = block(x, seg, upsample=2)
+        plain = block(F.interpolate(x, scale_factor=2.0, mode="nearest"), seg)
+        reference = block.float()(F.interpolate(x.float(), scale_factor=2.0, mode="nearest"), seg.float())
+    assert got.shape == (batch, 4, 12, 12) and got.is_contiguous(memory_format=fmt)
+    assert _rel(got, reference) < tol
+    assert _rel(plain, reference) < tol
+
+
+# ---------------------------------------------------------------- bf16 Winograd F(2,3)
+
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("fmt", LAYOUTS)
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("band_bytes", [1, 2000, winograd.BAND_BYTES])  # one tile row per band .. one band
+def test_winograd_algebra_is_exact_in_float32(batch: int, fmt: torch.memory_format, with_bias: bool,
+                                              band_bytes: int) -> None:
+    x = _map((batch, 7, 10, 6), torch.float32, fmt, 15)
+    weight = _map((5, 7, 3, 3), torch.float32, torch.contiguous_format, 16)
+    bias = _map((5,), torch.float32, torch.contiguous_format, 17) if with_bias else None
+    got = winograd.conv3x3(x, winograd.transform_weight(weight), bias, band_bytes=band_bytes)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got, F.conv2d(x, weight, bias, padding=1), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("fmt", LAYOUTS)
+def test_winograd_bf16_error_vs_float32(batch: int, fmt: torch.memory_format) -> None:
+    cin = 128
+    x = _map((batch, cin, 16, 16), torch.bfloat16, fmt, 18)
+    weight = (_map((64, cin, 3, 3), torch.float32, torch.contiguous_format, 19) / (3 * cin ** 0.5)).bfloat16()
+    bias = (0.1 * _map((64,), torch.float32, torch.contiguous_format, 20)).bfloat16()
+    exact = F.conv2d(x.float(), weight.float(), bias.float(), padding=1)
+    got = winograd.conv3x3(x, winograd.transform_weight(weight), bias)
+    direct = F.conv2d(x, weight, bias, padding=1)
+    assert got.dtype == torch.bfloat16
+    # Measured ~5.7e-3 (direct bf16 convolution: ~1.7e-3): the transformed inputs and weights
+    # are rounded to bf16.
+    assert _rel(got, exact) < 1e-2
+    assert _rel(got, exact) < 5 * _rel(direct, exact)
+    banded = winograd.conv3x3(x, winograd.transform_weight(weight), bias, band_bytes=1)
+    assert _rel(banded, exact) < 1e-2
+
+
+def test_winograd_shape_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KDTALKER_BF16_WINOGRAD", raising=False)
+    w512 = torch.zeros(512, 512, 3, 3, dtype=torch.bfloat16)
+    assert winograd.preferred(torch.zeros(1, 512, 64, 64, dtype=torch.bfloat16), w512)
+    assert not winograd.preferred(torch.zeros(1, 512, 64, 64), w512.float())  # float32: oneDNN / NNPACK
+    assert not winograd.preferred(torch.zeros(1, 512, 63, 64, dtype=torch.bfloat16), w512)  # odd size
+    assert winograd.preferred(torch.zeros(1, 128, 64, 64, dtype=torch.bfloat16),
+                              torch.zeros(1024, 128, 3, 3, dtype=torch.bfloat16))
+    w64 = torch.zeros(64, 256, 3, 3, dtype=torch.bfloat16)
+    assert not winograd.preferred(torch.zeros(1, 256, 64, 64, dtype=torch.bfloat16), w64)  # few outputs
+    monkeypatch.setenv("KDTALKER_BF16_WINOGRAD", "0")
+    assert not winograd.preferred(torch.zeros(1, 512, 64, 64, dtype=torch.bfloat16), w512)
+    monkeypatch.setenv("KDTALKER_BF16_WINOGRAD", "1")
+    assert winograd.preferred(torch.zeros(1, 256, 64, 64, dtype=torch.bfloat16), w64)
+
+
+def test_spectral_conv_winograd_cache_follows_new_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KDTALKER_BF16_WINOGRAD", "1")
+    torch.manual_seed(21)
+    conv = SpectralNormConv2d(8, 8, 3, padding=1)
+    other = SpectralNormConv2d(8, 8, 3, padding=1)
+    conv.fuse()
+    conv = conv.to(torch.bfloat16, memory_format=torch.channels_last)
+    x = _map((1, 8, 8, 8), torch.bfloat16, torch.channels_last, 22)
+    with torch.no_grad():
+        first = conv(x)
+        assert conv._kernel_cache  # the transformed weight was kept
+        conv.load_state_dict(other.to(torch.bfloat16).state_dict())
+        conv.fuse()
+        second = conv(x)
+        expected = F.conv2d(x.float(), other.normalized_weight().bfloat16().float(), other.bias.float(), padding=1)
+    assert _rel(second, expected) < 1.2e-2 and _rel(first, expected) > 0.1
+
+
+def test_conv3x3_uses_winograd_only_with_a_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KDTALKER_BF16_WINOGRAD", "1")
+    owner = SPADE(4, 4)
+    x = _map((1, 8, 8, 8), torch.bfloat16, torch.channels_last, 23)
+    weight = _map((8, 8, 3, 3), torch.bfloat16, torch.contiguous_format, 24)
+    assert torch.equal(conv3x3(x, weight, None), F.conv2d(x, weight, None, padding=1))
+    got = conv3x3(x, weight, None, cache=owner, key="w")
+    assert "w" in owner._kernel_cache
+    assert _rel(got, F.conv2d(x.float(), weight.float(), padding=1)) < 1.2e-2
+
+
+def test_bf16_decoder_with_winograd_stays_close_to_float32(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(25)
+    decoder = SPADEDecoder(**SMALL_SPADE).eval().fuse_spectral_norm()
+    feature = torch.randn(1, 16, 16, 16)
+    with torch.no_grad():
+        reference = decoder(feature)
+        fast = decoder.to(torch.bfloat16, memory_format=torch.channels_last)
+        fast.channels_last = True
+        monkeypatch.setenv("KDTALKER_BF16_WINOGRAD", "1")  # every 3x3 conv of this small decoder
+        with_winograd = fast(feature)
+        monkeypatch.setenv("KDTALKER_BF16_WINOGRAD", "0")
+        without = fast(feature)
+    assert with_winograd.dtype == torch.float32 and with_winograd.shape == reference.shape
+    assert not torch.equal(with_winograd, without)
+    assert _psnr(with_winograd, reference) > 40 and _psnr(without, reference) > 40
