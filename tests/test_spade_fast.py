@@ -268,3 +268,44 @@ def test_bf16_decoder_with_winograd_stays_close_to_float32(monkeypatch: pytest.M
     assert with_winograd.dtype == torch.float32 and with_winograd.shape == reference.shape
     assert not torch.equal(with_winograd, without)
     assert _psnr(with_winograd, reference) > 40 and _psnr(without, reference) > 40
+
+
+def _storage_bytes(module: torch.nn.Module) -> int:
+    """Bytes of the distinct storages behind a module's parameters and buffers."""
+    seen: dict[int, int] = {}
+    for t in [*module.parameters(), *module.buffers()]:
+        st = t.untyped_storage()
+        seen[st.data_ptr()] = st.nbytes()
+    return sum(seen.values())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_decoder_keeps_one_copy_of_each_weight_and_its_state_dict_stays_equivalent(dtype: torch.dtype) -> None:
+    torch.manual_seed(31)
+    decoder = SPADEDecoder(**SMALL_SPADE).eval()
+    raw = {k: v.clone() for k, v in decoder.state_dict().items()}
+    feature = torch.randn(1, decoder.input_channels, 8, 8)
+    with torch.no_grad():
+        expected = decoder(feature)
+    decoder.fuse_spectral_norm()
+    decoder = decoder.to(dtype)
+    params_bytes = sum(p.numel() * p.element_size() for p in decoder.parameters())
+    with torch.no_grad():
+        got = decoder(feature)  # builds every cached kernel (concatenations, sub-pixel phases)
+    # Concatenated gamma/beta and shared weights are the parameters' own storage; the spectral norm
+    # is divided in place: what the decoder holds is its parameters plus small derived kernels.
+    assert _storage_bytes(decoder) <= params_bytes * 1.01 + 4096
+    norm = decoder.G_middle_0.norm_0
+    assert norm.mlp_gamma.weight.untyped_storage().data_ptr() == norm.mlp_beta.weight.untyped_storage().data_ptr()
+    tol = 1e-5 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(got.float(), expected, atol=tol, rtol=0)
+    # The folded state dict (W/sigma with the same u, v) loads into a fresh decoder and gives the same image.
+    fresh = SPADEDecoder(**SMALL_SPADE).eval()
+    fresh.load_state_dict({k: v.float() for k, v in decoder.state_dict().items()})
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(feature), expected, atol=tol, rtol=0)
+    # Loading the raw weights again undoes the fold.
+    decoder.float().load_state_dict(raw)
+    assert decoder.G_middle_0.conv_0.fused_weight is None
+    with torch.no_grad():
+        torch.testing.assert_close(decoder(feature), expected, atol=1e-6, rtol=0)

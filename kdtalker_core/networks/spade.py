@@ -126,8 +126,11 @@ class SpectralNormConv2d(_CachedKernels):
     """Conv2d whose weight is ``weight_orig / sigma``, sigma = u . (weight_orig.reshape(out,-1) @ v).
 
     State-dict keys, in order: ``bias`` (if any), ``weight_orig``, ``weight_u`` (out,),
-    ``weight_v`` (in*k*k,). u and v are fixed (inference only). After :meth:`fuse` the divided
-    weight is cached (not saved in the state dict; loading a state dict drops the cache).
+    ``weight_v`` (in*k*k,). u and v are fixed (inference only). :meth:`fuse` divides
+    ``weight_orig`` by sigma IN PLACE (one copy of the weight in memory, not two); from then on the
+    module uses it as the effective weight. Its state dict then holds W/sigma with the same u, v,
+    an equivalent spectral-norm parametrisation (u . (W/sigma) v = 1) of the same effective weight.
+    Loading a state dict undoes the fold (the loaded weight is the raw one).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, padding: int = 0,
@@ -143,7 +146,7 @@ class SpectralNormConv2d(_CachedKernels):
         fan_in = in_channels * kernel_size * kernel_size
         self.register_buffer("weight_u", torch.empty(out_channels))
         self.register_buffer("weight_v", torch.empty(fan_in))
-        self.register_buffer("fused_weight", None, persistent=False)
+        self._folded = False  # weight_orig holds weight / sigma (see fuse)
         nn.init.kaiming_uniform_(self.weight_orig, a=math.sqrt(5))
         if self.bias is not None:
             nn.init.uniform_(self.bias, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
@@ -167,24 +170,34 @@ class SpectralNormConv2d(_CachedKernels):
 
     @staticmethod
     def _drop_fused(module: nn.Module, *args: object) -> None:
-        module.fused_weight = None
+        module._folded = False  # the incoming weight_orig is a raw (undivided) weight
         module._kernel_cache = {}
+
+    @property
+    def fused_weight(self) -> torch.Tensor | None:
+        """The divided weight after :meth:`fuse` (it is ``weight_orig`` itself), else None."""
+        return self.weight_orig if self._folded else None
 
     def normalized_weight(self) -> torch.Tensor:
         """weight_orig / sigma computed in float32, (out,in,k,k) float32."""
         w = self.weight_orig.float()
+        if self._folded:
+            return w
         sigma = torch.dot(self.weight_u.float(), torch.mv(w.reshape(w.shape[0], -1), self.weight_v.float()))
         return w / sigma
 
     @torch.no_grad()
     def fuse(self) -> None:
-        """Cache the divided weight (in the parameter dtype) so forward skips the division."""
-        self.fused_weight = self.normalized_weight().to(self.weight_orig.dtype)
+        """Divide ``weight_orig`` by sigma once, in place (in float32, stored in the parameter dtype),
+        so forward skips the division and no second copy of the weight is kept. Idempotent."""
+        if not self._folded:
+            self.weight_orig.data = self.normalized_weight().to(self.weight_orig.dtype)
+            self._folded = True
         self._kernel_cache = {}
 
     def weight(self) -> torch.Tensor:
-        """The effective convolution weight (cached after :meth:`fuse`)."""
-        return self.fused_weight if self.fused_weight is not None else self.normalized_weight()
+        """The effective convolution weight (``weight_orig`` itself after :meth:`fuse`)."""
+        return self.weight_orig if self._folded else self.normalized_weight()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.weight()
@@ -419,8 +432,8 @@ class SPADE(_CachedKernels):
         """
         def make() -> tuple[torch.Tensor, torch.Tensor]:
             bias = torch.cat([self.mlp_gamma.bias.float() + 1, self.mlp_beta.bias.float()])
-            return (torch.cat([self.mlp_gamma.weight, self.mlp_beta.weight], dim=0),
-                    bias.to(self.mlp_gamma.bias.dtype))
+            weight = _concat_shared([self.mlp_gamma.weight, self.mlp_beta.weight])
+            return weight, bias.to(self.mlp_gamma.bias.dtype)
         return self.cached("gamma_beta", make)
 
     def modulate(self, normalized: torch.Tensor, actv: torch.Tensor, inplace: bool = False) -> torch.Tensor:
@@ -459,6 +472,23 @@ class SPADE(_CachedKernels):
         return self.modulate(normalize(x), actv, inplace=True)
 
 
+def _concat_shared(params: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate weights along dim 0 and make each parameter a view of its slice of the result.
+
+    params: tensors (C_i, ...) of one dtype and device -> (sum C_i, ...), in the first one's
+    memory format. The parameters keep their values, shapes and state-dict keys; only their
+    storage is shared, so the fused convolution's weight costs no extra memory. A later ``.to()``
+    or state-dict load gives the parameters storage of their own again (the caches are dropped).
+    """
+    fmt = torch.channels_last if params[0].dim() == 4 and _is_channels_last(params[0]) else torch.contiguous_format
+    weight = torch.cat([p.detach() for p in params], dim=0).contiguous(memory_format=fmt)
+    start = 0
+    for p in params:
+        p.data = weight[start:start + p.shape[0]]
+        start += p.shape[0]
+    return weight
+
+
 def shared_activations(norms: list[SPADE], seg: torch.Tensor, size: tuple[int, int],
                        cache: _CachedKernels | None = None) -> list[torch.Tensor]:
     """ReLU(mlp_shared(nearest_resize(seg, size))) for several SPADEs with one convolution.
@@ -474,7 +504,9 @@ def shared_activations(norms: list[SPADE], seg: torch.Tensor, size: tuple[int, i
 
     def make() -> tuple[torch.Tensor, torch.Tensor, list | None]:
         convs = [n.mlp_shared[0] for n in norms]
-        weight = torch.cat([c.weight for c in convs], dim=0)
+        weights = [c.weight for c in convs]
+        # Cached: the parameters become views of the concatenation (one copy in memory).
+        weight = _concat_shared(weights) if cache is not None else torch.cat(weights, dim=0)
         bias = torch.cat([c.bias for c in convs], dim=0)
         return weight, bias, (phase_kernels(weight, factor, bias) if factor > 1 else None)
 
