@@ -1,0 +1,265 @@
+"""Fast paths of the warping network W against the plain PyTorch computations they replace.
+
+Phase-split upsampling convolution (UpBlock3d), BatchNorm folding, the FFT form of the 7x7x7 mask
+convolution, the depth-spanning occlusion convolution and the separable keypoint Gaussians: each
+is compared with F.interpolate / F.conv3d / F.batch_norm on float32 and bf16, batch 1 and 2,
+channels-last-3d and not.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from small_networks import SMALL_WARP, randomize_norm_stats
+
+from kdtalker_core.networks.blocks import (
+    FOLD_MIN_VOXELS,
+    DownBlock3d,
+    UpBlock3d,
+    conv_norm,
+    coordinate_grid_3d,
+    grid_keypoint_gaussians,
+    keypoint_gaussians,
+)
+from kdtalker_core.networks.dense_motion import (
+    FFT_MASK_DTYPES,
+    FFT_MASK_MIN_PIXELS,
+    DenseMotionNetwork,
+    flipped_taps,
+    single_output_conv2d,
+)
+from kdtalker_core.networks.fast_conv3d import PHASE_MIN_PIXELS, KernelCache, fold_batchnorm
+from kdtalker_core.networks.fft_conv3d import fft_conv3d, fft_kernels
+from kdtalker_core.networks.warping import WarpingNetwork
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+#: float32 fast path vs plain float32, relative to the output's largest magnitude.
+FP32_REL = 1e-5
+#: bf16 fast path vs the float32 computation on the same bf16-rounded inputs and weights; the
+#: plain bf16 convolution is held to the same bound (one bf16 rounding of the output, 2^-8 = 4e-3,
+#: plus rounded phase-kernel sums).
+BF16_REL = 2e-2
+
+CASES = [(torch.float32, False, 1), (torch.float32, True, 2), (torch.bfloat16, True, 1), (torch.bfloat16, False, 2)]
+
+
+def _rel(out: torch.Tensor, ref: torch.Tensor) -> float:
+    out, ref = out.detach().float(), ref.detach().float()
+    return float((out - ref).abs().max() / ref.abs().max())
+
+
+def _layout(t: torch.Tensor, dtype: torch.dtype, channels_last: bool) -> torch.Tensor:
+    fmt = torch.channels_last_3d if channels_last and t.dim() == 5 else torch.contiguous_format
+    return t.to(dtype=dtype, memory_format=fmt)
+
+
+def _random_norm(norm: torch.nn.modules.batchnorm._BatchNorm, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    n = norm.num_features
+    norm.running_mean.copy_(0.3 * torch.randn(n, generator=g))
+    norm.running_var.copy_(0.5 + torch.rand(n, generator=g))
+    norm.weight.data.copy_(1 + 0.2 * torch.randn(n, generator=g))
+    norm.bias.data.copy_(0.1 * torch.randn(n, generator=g))
+
+
+def _upblock_reference(block: UpBlock3d, x: torch.Tensor) -> torch.Tensor:
+    """The plain computation in float32: interpolate -> conv3d -> eval batch_norm -> relu."""
+    n, c = block.norm, block.conv
+    y = F.conv3d(F.interpolate(x.float(), scale_factor=(1, 2, 2)), c.weight.float(), c.bias.float(), padding=1)
+    y = F.batch_norm(y, n.running_mean.float(), n.running_var.float(), n.weight.float(), n.bias.float(),
+                     training=False, eps=n.eps)
+    return F.relu(y)
+
+
+@pytest.mark.parametrize(("dtype", "channels_last", "batch"), CASES)
+def test_upblock_phase_form_equals_interpolate_then_conv(dtype: torch.dtype, channels_last: bool, batch: int) -> None:
+    torch.manual_seed(0)
+    block = UpBlock3d(12, 10).eval()
+    _random_norm(block.norm, 1)
+    block = block.to(dtype)
+    for p in block.parameters():
+        p.data = _layout(p.data, dtype, channels_last)
+    x = _layout(torch.randn(batch, 12, 3, 8, 8), dtype, channels_last)  # 8 x 8 = PHASE_MIN_PIXELS
+    assert 8 * 8 >= PHASE_MIN_PIXELS
+    with torch.no_grad():
+        out = block(x)
+    assert "phases" in block._kernel_cache  # the phase form ran
+    assert out.shape == (batch, 10, 3, 16, 16) and out.dtype == dtype
+    ref = _upblock_reference(block, x)
+    assert _rel(out, ref) <= (FP32_REL if dtype == torch.float32 else BF16_REL)
+    if channels_last:
+        assert out.is_contiguous(memory_format=torch.channels_last_3d)
+    if dtype == torch.bfloat16:  # not worse than the plain bf16 path
+        plain = F.relu(block.norm(block.conv(F.interpolate(x, scale_factor=(1, 2, 2)))))
+        assert _rel(out, ref) <= 2 * _rel(plain, ref) + 1e-3
+
+
+def test_upblock_small_maps_and_training_take_the_plain_path() -> None:
+    block = UpBlock3d(4, 3).eval()
+    with torch.no_grad():
+        block(torch.randn(1, 4, 2, 4, 4))  # 16 pixels < PHASE_MIN_PIXELS
+    assert "phases" not in block._kernel_cache
+    block.train()
+    with torch.no_grad():
+        block(torch.randn(2, 4, 2, 8, 8))
+    assert "phases" not in block._kernel_cache
+
+
+def test_kernel_cache_follows_new_weights_and_dtypes() -> None:
+    torch.manual_seed(1)
+    block = UpBlock3d(6, 5).eval()
+    x = torch.randn(1, 6, 2, 8, 8)
+    with torch.no_grad():
+        block(x)
+        other = UpBlock3d(6, 5).eval()
+        _random_norm(other.norm, 3)
+        block.load_state_dict(other.state_dict())
+        assert block._kernel_cache == {}
+        assert _rel(block(x), _upblock_reference(other, x)) <= FP32_REL
+        block.to(torch.bfloat16)
+        assert block._kernel_cache == {}
+        assert block(x.bfloat16()).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize(("dtype", "channels_last", "batch"), CASES)
+def test_folded_batchnorm_equals_conv_then_batch_norm(dtype: torch.dtype, channels_last: bool, batch: int) -> None:
+    torch.manual_seed(2)
+    conv, norm = torch.nn.Conv3d(5, 7, 3, padding=1), torch.nn.BatchNorm3d(7).eval()
+    _random_norm(norm, 4)
+    ref_in = torch.randn(batch, 5, 4, 64, 64)
+    assert ref_in[0, 0].numel() >= FOLD_MIN_VOXELS
+    holder = KernelCache()
+    conv, norm = conv.to(dtype), norm.to(dtype)
+    conv.weight.data = _layout(conv.weight.data, dtype, channels_last)
+    x = _layout(ref_in, dtype, channels_last)
+    with torch.no_grad():
+        out = conv_norm(conv, norm, x, holder)
+        ref = F.batch_norm(F.conv3d(x.float(), conv.weight.float(), conv.bias.float(), padding=1),
+                           norm.running_mean.float(), norm.running_var.float(), norm.weight.float(),
+                           norm.bias.float(), training=False, eps=norm.eps)
+    assert "folded" in holder._kernel_cache
+    assert out.dtype == dtype
+    assert _rel(out, ref) <= (FP32_REL if dtype == torch.float32 else BF16_REL)
+
+
+def test_fold_batchnorm_without_conv_bias_or_affine() -> None:
+    torch.manual_seed(3)
+    w = torch.randn(4, 3, 1, 1, 1)
+    norm = torch.nn.BatchNorm3d(4, affine=False).eval()
+    norm.running_mean.copy_(torch.randn(4))
+    norm.running_var.copy_(torch.rand(4) + 0.5)
+    fw, fb = fold_batchnorm(w, None, norm)
+    x = torch.randn(2, 3, 2, 3, 3)
+    torch.testing.assert_close(F.conv3d(x, fw, fb), norm(F.conv3d(x, w)), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("dtype", "channels_last", "batch"), CASES)
+@pytest.mark.parametrize(("size", "k"), [((4, 20, 37), 7), ((3, 16, 16), 5)])
+def test_fft_conv3d_equals_direct_conv3d(dtype: torch.dtype, channels_last: bool, batch: int,
+                                         size: tuple[int, int, int], k: int) -> None:
+    torch.manual_seed(4)
+    w = torch.randn(3, 5, k, k, k) / (5 * k ** 3) ** 0.5
+    b = torch.randn(3)
+    x = _layout(torch.randn(batch, 5, *size), dtype, channels_last)
+    chunks = 1 if batch == 1 else 3  # 5 input channels in chunks of 2, 2, 1
+    out = fft_conv3d(x, fft_kernels(w.to(dtype), chunks=chunks), b.to(dtype), k)
+    ref = F.conv3d(x.double(), w.to(dtype).double(), b.to(dtype).double(), padding=k // 2)
+    assert out.shape == ref.shape and out.dtype == dtype
+    if channels_last:
+        assert out.is_contiguous(memory_format=torch.channels_last_3d)
+    # float32: below the direct float32 convolution's own error (~1e-6 here); bf16: one output rounding.
+    assert _rel(out, ref) <= (FP32_REL if dtype == torch.float32 else 1e-2)
+
+
+def _dense_motion() -> DenseMotionNetwork:
+    torch.manual_seed(5)
+    warp = randomize_norm_stats(WarpingNetwork(**SMALL_WARP), 6)
+    return warp.dense_motion_network
+
+
+@pytest.mark.parametrize(("dtype", "channels_last"), [(torch.float32, False), (torch.float32, True)])
+def test_mask_fft_form_matches_the_mask_conv_on_large_maps(dtype: torch.dtype, channels_last: bool) -> None:
+    dm = copy.deepcopy(_dense_motion()).to(dtype)
+    pred = _layout(torch.randn(2, dm.mask.in_channels, 4, 32, 32), dtype, channels_last)
+    assert 32 * 32 >= FFT_MASK_MIN_PIXELS and dm.use_fft_mask(pred)
+    assert not dm.use_fft_mask(pred[..., :16, :16]) and not dm.use_fft_mask(pred.half())
+    assert dm.use_fft_mask(pred.bfloat16()) == (torch.bfloat16 in FFT_MASK_DTYPES)
+    with torch.no_grad():
+        out = dm.mask_logits(pred)
+        ref = F.conv3d(pred.float(), dm.mask.weight.float(), dm.mask.bias.float(), padding=3)
+    assert "mask_fft" in dm._kernel_cache
+    assert out.dtype == dtype
+    assert _rel(out, ref) <= (FP32_REL if dtype == torch.float32 else 1e-2)
+
+
+@pytest.mark.parametrize(("dtype", "batch"), [(torch.float32, 1), (torch.bfloat16, 2)])
+def test_occlusion_as_depth_spanning_conv3d(dtype: torch.dtype, batch: int) -> None:
+    dm = copy.deepcopy(_dense_motion()).to(dtype)
+    dm.channels_last = True
+    for p in dm.parameters():
+        if p.dim() in (4, 5):
+            p.data = p.data.contiguous(
+                memory_format=torch.channels_last if p.dim() == 4 else torch.channels_last_3d)
+    c, d = dm.hourglass.out_filters, 8
+    pred = _layout(torch.randn(batch, c, d, 16, 16), dtype, True)
+    with torch.no_grad():
+        out = dm.occlusion_logits(pred)
+        ref = F.conv2d(pred.float().reshape(batch, c * d, 16, 16), dm.occlusion.weight.float(),
+                       dm.occlusion.bias.float(), padding=3)
+    assert ("occlusion_3d", d) in dm._kernel_cache
+    assert out.shape == (batch, 1, 16, 16)
+    assert _rel(out, ref) <= (FP32_REL if dtype == torch.float32 else 1e-2)
+
+
+def test_separable_gaussians_and_sparse_motions() -> None:
+    torch.manual_seed(7)
+    size = (5, 12, 9)
+    kp = 0.6 * torch.randn(2, 21, 3)
+    grid = coordinate_grid_3d(size, torch.float32)
+    torch.testing.assert_close(grid_keypoint_gaussians(kp, size, 0.01), keypoint_gaussians(kp, grid, 0.01),
+                               atol=1e-6, rtol=1e-5)
+    dm = _dense_motion()
+    kd, ks = kp, 0.6 * torch.randn(1, 21, 3)
+    motions = dm.sparse_motions(size, kd, ks)
+    assert torch.equal(motions[:, 0], grid.expand(2, *grid.shape))
+    assert torch.equal(motions[:, 1:], (grid[None, None] - kd[:, :, None, None, None]) + ks[:, :, None, None, None])
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_occlusion_float32_as_one_matrix_product_and_fold(batch: int) -> None:
+    dm = _dense_motion()
+    c, d = dm.hourglass.out_filters, 8
+    pred = torch.randn(batch, c, d, 16, 16)
+    with torch.no_grad():
+        out = dm.occlusion_logits(pred)
+        ref = F.conv2d(pred.double().reshape(batch, c * d, 16, 16), dm.occlusion.weight.double(),
+                       dm.occlusion.bias.double(), padding=3)
+    assert "occlusion_taps" in dm._kernel_cache
+    assert out.shape == (batch, 1, 16, 16)
+    assert _rel(out, ref) <= FP32_REL
+
+
+def test_single_output_conv2d_rejects_other_paddings() -> None:
+    w = torch.randn(1, 3, 5, 5)
+    with pytest.raises(ValueError, match="same"):
+        single_output_conv2d(torch.randn(1, 3, 8, 8), flipped_taps(w), None, (5, 5), (1, 1))
+    x = torch.randn(2, 3, 9, 7)
+    torch.testing.assert_close(single_output_conv2d(x, flipped_taps(w), None, (5, 5), (2, 2)),
+                               F.conv2d(x, w, padding=2), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_downblock_reduced_precision_pooling_equals_float32_avg_pool(channels_last: bool) -> None:
+    torch.manual_seed(8)
+    block = DownBlock3d(4, 6).eval().to(torch.bfloat16)
+    x = _layout(torch.randn(2, 4, 3, 8, 10), torch.bfloat16, channels_last)
+    with torch.no_grad():
+        out = block(x)
+        y = F.relu(block.norm(block.conv(x)))
+        ref = F.avg_pool3d(y.float(), kernel_size=(1, 2, 2)).to(torch.bfloat16)
+    assert torch.equal(out, ref)
+    assert out.is_contiguous(memory_format=torch.channels_last_3d) == channels_last
