@@ -31,20 +31,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import resource
 import tempfile
 import time
 from pathlib import Path
 
-from kdtalker_core.console import configure_process
-
-# As the `kdtalker` command does: large CPU tensors on huge pages (set before torch's first allocation).
-configure_process()
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -284,8 +278,7 @@ def main() -> None:
     machine = {"python": platform.python_version(), "torch": torch.__version__, "threads": args.threads,
                "device": str(models.device), "precision": models.precision,
                "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu": precision.cpu_summary(),
-               "nnpack_works": nnpack.works(), "compile": args.compile,
-               "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE")}
+               "nnpack_works": nnpack.works(), "compile": args.compile}
     if models.device.type == "cuda":
         machine["gpu"] = torch.cuda.get_device_name(models.device)
     result = {"machine": machine, "args": {k: str(v) for k, v in vars(args).items()}, "model_load_s": round(load_s, 2)}

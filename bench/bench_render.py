@@ -33,13 +33,8 @@ import resource
 import statistics
 import time
 
-from kdtalker_core.console import configure_process
-
-# As the `kdtalker` command does: large CPU tensors on huge pages (set before torch's first allocation).
-configure_process()
-
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import torch
+import torch.nn.functional as F
 
 from kdtalker_core.backends import nnpack  # noqa: E402
 from kdtalker_core.networks.spade import SPADEDecoder  # noqa: E402

@@ -50,7 +50,7 @@ def test_wheel_installs_only_the_library_with_its_assets(wheel):
 def test_wheel_declares_the_console_script_and_requirements_txt(wheel):
     dist = next(n.split("/")[0] for n in wheel.namelist() if n.endswith(".dist-info/METADATA"))
     entry_points = wheel.read(f"{dist}/entry_points.txt").decode()
-    assert "kdtalker = kdtalker_core.console:main" in entry_points
+    assert "kdtalker = kdtalker_core.cli:main" in entry_points
     metadata = wheel.read(f"{dist}/METADATA").decode().splitlines()
     requires = sorted(line.split(":", 1)[1].strip() for line in metadata if line.startswith("Requires-Dist:")
                       and "extra ==" not in line)
