@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .backends import nnpack
+from .backends import allocator, nnpack
 from .errors import InputError
 from .networks.dense_motion import DenseMotionNetwork
 from .networks.spade import SPADEDecoder, SpectralNormConv2d, winograd_convolutions
@@ -237,7 +237,6 @@ def render_frames(
             "reference kernels (far slower than float32); use float32 or precision='auto'",
             RuntimeWarning, stacklevel=2,
         )
-    total = kp_driving.shape[0]
     chunk_size = int(chunk_size)
     if micro_batch is None:
         micro_batch = 1 if device.type == "cpu" else chunk_size
@@ -248,6 +247,18 @@ def render_frames(
         warping_network, spade_decoder = compile_networks(warping_network, spade_decoder)
     use_autocast = dtype != weights_dtype  # float32 weights, reduced compute dtype: legacy path
     autocast = torch.autocast(device.type, dtype=dtype) if use_autocast else nullcontext()
+    # CPU, reduced precision: large freed maps stay in the heap for the next frame (no page faults).
+    with allocator.reuse_large_blocks(allocator.wanted(device, dtype)):
+        yield from _render_chunks(warping_network, spade_decoder, feature_3d, kp_source, kp_driving,
+                                  chunk_size=chunk_size, micro_batch=micro_batch, autocast=autocast,
+                                  winograd=winograd, callback=callback)
+
+
+def _render_chunks(warping_network: torch.nn.Module, spade_decoder: torch.nn.Module, feature_3d: torch.Tensor,
+                   kp_source: torch.Tensor, kp_driving: torch.Tensor, *, chunk_size: int, micro_batch: int,
+                   autocast, winograd: bool, callback: Callable[[int, int], None] | None) -> Iterator[torch.Tensor]:
+    """The chunk loop of :func:`render_frames` (arguments already checked and placed)."""
+    total = kp_driving.shape[0]
     done = 0
     while done < total:
         stop = min(total, done + chunk_size)
