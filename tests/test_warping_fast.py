@@ -181,13 +181,13 @@ def _dense_motion() -> DenseMotionNetwork:
     return warp.dense_motion_network
 
 
-@pytest.mark.parametrize(("dtype", "channels_last"), [(torch.float32, False), (torch.float32, True)])
+@pytest.mark.parametrize(("dtype", "channels_last"),
+                         [(torch.float32, False), (torch.float32, True), (torch.bfloat16, True)])
 def test_mask_fft_form_matches_the_mask_conv_on_large_maps(dtype: torch.dtype, channels_last: bool) -> None:
     dm = copy.deepcopy(_dense_motion()).to(dtype)
     pred = _layout(torch.randn(2, dm.mask.in_channels, 4, 32, 32), dtype, channels_last)
-    assert 32 * 32 >= FFT_MASK_MIN_PIXELS and dm.use_fft_mask(pred)
+    assert 32 * 32 >= FFT_MASK_MIN_PIXELS and dm.use_fft_mask(pred) == (dtype in FFT_MASK_DTYPES)
     assert not dm.use_fft_mask(pred[..., :16, :16]) and not dm.use_fft_mask(pred.half())
-    assert dm.use_fft_mask(pred.bfloat16()) == (torch.bfloat16 in FFT_MASK_DTYPES)
     with torch.no_grad():
         out = dm.mask_logits(pred)
         ref = F.conv3d(pred.float(), dm.mask.weight.float(), dm.mask.bias.float(), padding=3)

@@ -46,11 +46,11 @@ def sample_volume(volume: torch.Tensor, grids: torch.Tensor) -> torch.Tensor:
 #: The ``mask`` convolution runs as :func:`~.fft_conv3d.fft_conv3d` on the CPU when H * W is at
 #: least this and the network runs in one of :data:`FFT_MASK_DTYPES`. Measured on a 2-core AVX-512
 #: (avx512_bf16) EPYC, 1 thread, full size: float32 270-290 ms instead of 715-757 ms. From bf16
-#: channels-last input (float32 inside) 300-330 ms instead of 370-400 ms (whole W 0.83 s instead of
-#: 0.89-0.94 s), but the 46 MB of float32 transformed kernels plus its float32 work buffers raised
-#: W's bf16 peak memory by ~60 MB, so bf16 keeps oneDNN's direct convolution.
+#: channels-last input (float32 inside) 300-330 ms instead of 370-400 ms; at 2 threads W 0.477 ->
+#: 0.452 s a frame. Its 46 MB of float32 transformed kernels and float32 work buffers add ~60 MB to
+#: W's bf16 peak, which stays far below the float32 pipeline's, so bf16 uses it too.
 FFT_MASK_MIN_PIXELS = 32 * 32
-FFT_MASK_DTYPES: tuple[torch.dtype, ...] = (torch.float32,)
+FFT_MASK_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16)
 
 
 def flipped_taps(weight: torch.Tensor) -> torch.Tensor:
