@@ -263,3 +263,20 @@ def test_downblock_reduced_precision_pooling_equals_float32_avg_pool(channels_la
         ref = F.avg_pool3d(y.float(), kernel_size=(1, 2, 2)).to(torch.bfloat16)
     assert torch.equal(out, ref)
     assert out.is_contiguous(memory_format=torch.channels_last_3d) == channels_last
+
+
+@pytest.mark.parametrize("rows", [352, 16, 7])
+def test_grid_sample_rows_split_over_threads_is_bit_exact(rows: int) -> None:
+    from kdtalker_core.networks.dense_motion import _grid_sample_rows
+
+    gen = torch.Generator().manual_seed(3)
+    volume = torch.randn(1, 4, 6, 10, 12, generator=gen)
+    grid = torch.rand(rows, 5, 7, 3, generator=gen) * 2.2 - 1.1  # some samples fall outside (zeros)
+    expected = F.grid_sample(volume, grid[None], align_corners=False)
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            torch.testing.assert_close(_grid_sample_rows(volume, grid), expected, atol=0, rtol=0)
+    finally:
+        torch.set_num_threads(threads)

@@ -20,6 +20,24 @@ from .fft_conv3d import fft_conv3d, fft_kernels
 KP_VARIANCE = 0.01
 
 
+def _grid_sample_rows(volume: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``F.grid_sample(volume, rows[None], align_corners=False)`` for volume (1,C,D,H,W) and rows
+    (L,H',W',3) -> (1,C,L,H',W'), bit for bit.
+
+    PyTorch's CPU kernel parallelises over the batch only, so one batch item runs on one thread
+    (64 ms a frame at full size). On a multi-threaded CPU the rows are cut into one batch item
+    per thread over the same (expanded, not copied) volume, then joined back.
+    """
+    parts = min(torch.get_num_threads(), rows.shape[0]) if volume.device.type == "cpu" else 1
+    if parts <= 1 or rows.shape[0] % parts:
+        return F.grid_sample(volume, rows[None], align_corners=False)
+    length, h, w, _ = rows.shape
+    c = volume.shape[1]
+    out = F.grid_sample(volume.expand(parts, *volume.shape[1:]), rows.reshape(parts, length // parts, h, w, 3),
+                        align_corners=False)  # (parts, C, L/parts, H', W')
+    return out.transpose(0, 1).reshape(1, c, length, h, w)
+
+
 def sample_volume(volume: torch.Tensor, grids: torch.Tensor) -> torch.Tensor:
     """Trilinear ``grid_sample`` (zeros padding, align_corners=False) of one volume with many grids.
 
@@ -33,7 +51,7 @@ def sample_volume(volume: torch.Tensor, grids: torch.Tensor) -> torch.Tensor:
         volume = volume.float()
         grids = grids.float()
         if volume.shape[0] == 1:
-            out = F.grid_sample(volume, grids.reshape(1, b * n * d, h, w, 3), align_corners=False)
+            out = _grid_sample_rows(volume, grids.reshape(b * n * d, h, w, 3))
             c = out.shape[1]
             return out.reshape(c, b, n, d, h, w).permute(1, 2, 0, 3, 4, 5)
         if volume.shape[0] != b:
