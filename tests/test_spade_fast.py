@@ -309,3 +309,34 @@ def test_decoder_keeps_one_copy_of_each_weight_and_its_state_dict_stays_equivale
     assert decoder.G_middle_0.conv_0.fused_weight is None
     with torch.no_grad():
         torch.testing.assert_close(decoder(feature), expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("fmt", LAYOUTS)
+def test_winograd_uneven_bands_and_strided_input_in_float32(batch: int, fmt: torch.memory_format) -> None:
+    # 7 tile rows in bands of 3 (3 + 3 + 1): the padded band buffer and the scratch are reused, the
+    # last band is shorter; the input is a strided view with a non-zero mean, so a wrong zero
+    # padding row or column shows.
+    big = _map((batch, 9, 16, 10), torch.float32, fmt, 40, offset=1.0)
+    x = big[:, 1:7, 1:15, 1:9]
+    weight = _map((5, 6, 3, 3), torch.float32, torch.contiguous_format, 41)
+    bias = _map((5,), torch.float32, torch.contiguous_format, 42)
+    band_bytes = 3 * 16 * batch * 4 * 6 * 4  # 3 tile rows of V (tw = 4, Cin = 6, float32)
+    u = winograd.transform_weight(weight)
+    expected = F.conv2d(x, weight, bias, padding=1)
+    got = winograd.conv3x3(x, u, bias, band_bytes=band_bytes)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert torch.equal(winograd.conv3x3(x, u, bias, band_bytes=band_bytes), got)
+
+
+def test_winograd_large_output_with_huge_page_hint() -> None:
+    # 8 MiB float32 output: conv3x3 advises huge pages for it before the first write.
+    x = _map((1, 4, 256, 256), torch.float32, torch.channels_last, 43)
+    weight = _map((32, 4, 3, 3), torch.float32, torch.contiguous_format, 44)
+    bias = _map((32,), torch.float32, torch.contiguous_format, 45)
+    got = winograd.conv3x3(x, winograd.transform_weight(weight), bias)
+    torch.testing.assert_close(got, F.conv2d(x, weight, bias, padding=1), atol=1e-5, rtol=1e-5)
+    # The hint never changes what a tensor holds.
+    filled = torch.arange(3 << 20, dtype=torch.float32)
+    winograd._advise_huge_pages(filled)
+    assert torch.equal(filled, torch.arange(3 << 20, dtype=torch.float32))
