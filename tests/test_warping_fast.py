@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from small_networks import SMALL_WARP, randomize_norm_stats
 
+from kdtalker_core.networks import winograd3d
 from kdtalker_core.networks.blocks import (
     FOLD_MIN_VOXELS,
     DownBlock3d,
@@ -280,3 +281,89 @@ def test_grid_sample_rows_split_over_threads_is_bit_exact(rows: int) -> None:
             torch.testing.assert_close(_grid_sample_rows(volume, grid), expected, atol=0, rtol=0)
     finally:
         torch.set_num_threads(threads)
+
+
+# --- depth-folded Winograd F(2x2,3x3) for bf16 3x3x3 convolutions (networks/winograd3d.py) -------------------------
+
+#: Depth-folded Winograd in bf16 vs the float32 convolution of the same rounded inputs: at most this many
+#: times the plain bf16 convolution's error (rounded transformed tiles and kernels, rounded partial sums).
+WINO3D_VS_DIRECT = 3.5
+
+
+@pytest.mark.parametrize(("dtype", "channels_last", "batch", "depth"),
+                         [(torch.float32, False, 1, 3), (torch.float32, True, 2, 1), (torch.bfloat16, True, 1, 4),
+                          (torch.bfloat16, False, 2, 2)])
+def test_winograd3d_equals_conv3d(dtype: torch.dtype, channels_last: bool, batch: int, depth: int) -> None:
+    torch.manual_seed(11)
+    x = _layout(torch.randn(batch, 9, depth, 10, 14), dtype, channels_last)
+    w = (torch.randn(13, 9, 3, 3, 3) / (27 * 9) ** 0.5).to(dtype)
+    b = torch.randn(13).to(dtype)
+    u = winograd3d.transform_weight3d(w)
+    assert u.shape == (3, 16, 9, 13) and u.dtype == dtype
+    ref = F.conv3d(x.float(), w.float(), b.float(), padding=1)
+    for band_bytes in (1, winograd3d.BAND_BYTES):  # one tile row per band / one band
+        out = winograd3d.conv3x3x3(x, u, b, band_bytes=band_bytes)
+        assert out.shape == ref.shape and out.dtype == dtype
+        assert out.is_contiguous(memory_format=torch.channels_last_3d)
+        if dtype == torch.float32:
+            assert _rel(out, ref) <= FP32_REL
+        else:
+            direct = F.conv3d(x, w, b, padding=1)
+            assert _rel(out, ref) <= WINO3D_VS_DIRECT * _rel(direct, ref)
+    tol = FP32_REL if dtype == torch.float32 else BF16_REL
+    assert _rel(winograd3d.conv3x3x3(x, u, None), ref - b.float()[:, None, None, None]) <= tol
+    relu = winograd3d.conv3x3x3(x, u, b, relu=True)
+    assert relu.min() >= 0 and _rel(relu, F.relu(ref)) <= tol
+
+
+def test_winograd3d_shape_rule() -> None:
+    def x(c: int, dtype: torch.dtype = torch.bfloat16, channels_last: bool = True, hw: int = 64) -> torch.Tensor:
+        t = torch.empty(1, c, 16, hw, hw, dtype=dtype)
+        return t.to(memory_format=torch.channels_last_3d) if channels_last else t
+
+    def w(cout: int, cin: int, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+        return torch.empty(cout, cin, 3, 3, 3, dtype=dtype)
+
+    assert winograd3d.preferred(x(142), w(142, 142))  # the dense-motion decoder's final conv
+    assert winograd3d.preferred(x(128), w(128, 128))
+    assert not winograd3d.preferred(x(64, hw=32), w(128, 64))
+    assert not winograd3d.preferred(x(110), w(64, 110))  # few output channels: oneDNN wins
+    assert not winograd3d.preferred(x(142, torch.float32), w(142, 142, torch.float32))
+    assert not winograd3d.preferred(x(142, channels_last=False), w(142, 142))
+    assert not winograd3d.preferred(x(142, hw=63), w(142, 142))
+    assert winograd3d.applicable(torch.nn.Conv3d(4, 4, 3, padding=1))
+    assert not winograd3d.applicable(torch.nn.Conv3d(4, 4, 3, padding=2, dilation=2))
+
+
+def test_conv_norm_runs_winograd3d_with_the_folded_norm(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KDTALKER_BF16_WINOGRAD3D", "1")  # small channel counts keep the test fast
+    torch.manual_seed(12)
+    conv, norm = torch.nn.Conv3d(6, 8, 3, padding=1), torch.nn.BatchNorm3d(8).eval()
+    _random_norm(norm, 5)
+    x32 = torch.randn(1, 6, 4, 64, 64)
+    assert x32[0, 0].numel() >= FOLD_MIN_VOXELS
+    holder = KernelCache()
+
+    def reference(conv: torch.nn.Conv3d, norm: torch.nn.BatchNorm3d, x: torch.Tensor) -> torch.Tensor:
+        return F.batch_norm(F.conv3d(x.float(), conv.weight.float(), conv.bias.float(), padding=1),
+                            norm.running_mean.float(), norm.running_var.float(), norm.weight.float(),
+                            norm.bias.float(), training=False, eps=norm.eps)
+
+    with torch.no_grad():
+        out32 = conv_norm(conv, norm, x32, holder)  # float32 keeps oneDNN
+        assert "winograd3d" not in holder._kernel_cache
+        assert _rel(out32, reference(conv, norm, x32)) <= FP32_REL
+        conv, norm = conv.bfloat16(), norm.bfloat16()
+        holder = KernelCache()  # a fresh cache for the new weights (a module's own cache drops itself on .to())
+        x = _layout(x32, torch.bfloat16, True)
+        out = conv_norm(conv, norm, x, holder)
+        assert "winograd3d" in holder._kernel_cache
+        assert out.dtype == torch.bfloat16 and out.is_contiguous(memory_format=torch.channels_last_3d)
+        ref = reference(conv, norm, x)
+        direct = F.batch_norm(F.conv3d(x, conv.weight, conv.bias, padding=1), norm.running_mean,
+                              norm.running_var, norm.weight, norm.bias, training=False, eps=norm.eps)
+        assert _rel(out, ref) <= WINO3D_VS_DIRECT * _rel(direct, ref)
+        monkeypatch.setenv("KDTALKER_BF16_WINOGRAD3D", "0")
+        holder._kernel_cache.clear()
+        conv_norm(conv, norm, x, holder)
+        assert "winograd3d" not in holder._kernel_cache

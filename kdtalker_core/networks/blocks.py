@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import winograd3d
 from .fast_conv3d import KernelCache, conv3x3x3_upsampled, fold_batchnorm, upsample_phase_kernels, use_phase_form
 
 #: Eval-mode BatchNorm is folded into the preceding convolution when the output has at least this
@@ -28,18 +29,26 @@ def _is_channels_last_3d(x: torch.Tensor) -> bool:
 
 
 def conv_norm(conv: nn.Conv2d | nn.Conv3d, norm: nn.modules.batchnorm._BatchNorm, x: torch.Tensor,
-              cache: KernelCache) -> torch.Tensor:
-    """``norm(conv(x))``; in eval mode on large maps as one convolution with the norm folded in.
+              cache: KernelCache, relu: bool = False) -> torch.Tensor:
+    """``norm(conv(x))``, then ReLU when ``relu``; in eval mode on large maps one convolution with the norm folded in.
 
-    The folded weight and bias are cached on ``cache`` (see :func:`fold_batchnorm`). The result is a
-    fresh tensor (safe to modify in place).
+    The folded weight and bias are cached on ``cache`` (see :func:`fold_batchnorm`). bf16 CPU
+    channels-last-3d 3x3x3 convolutions with many channels run as depth-folded Winograd
+    (:mod:`.winograd3d`, transformed weights cached too, the ReLU applied as the outputs are
+    stored). The result is a fresh tensor (safe to modify in place).
     """
     if norm.training or x[0, 0].numel() < FOLD_MIN_VOXELS:
-        return norm(conv(x))
+        y = norm(conv(x))
+        return F.relu_(y) if relu else y
     weight, bias = cache.cached("folded", lambda: fold_batchnorm(conv.weight, conv.bias, norm))
     if isinstance(conv, nn.Conv3d):
-        return F.conv3d(x, weight, bias, padding=conv.padding)
-    return F.conv2d(x, weight, bias, padding=conv.padding)
+        if winograd3d.applicable(conv) and winograd3d.preferred(x, weight):
+            u = cache.cached("winograd3d", lambda: winograd3d.transform_weight3d(weight))
+            return winograd3d.conv3x3x3(x, u, bias, relu=relu)
+        y = F.conv3d(x, weight, bias, padding=conv.padding)
+    else:
+        y = F.conv2d(x, weight, bias, padding=conv.padding)
+    return F.relu_(y) if relu else y
 
 
 def to_compute(x: torch.Tensor, dtype: torch.dtype, channels_last: bool) -> torch.Tensor:
@@ -92,7 +101,7 @@ class DownBlock3d(KernelCache):
         self.norm = nn.BatchNorm3d(out_features, affine=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.relu_(conv_norm(self.conv, self.norm, x, self))
+        y = conv_norm(self.conv, self.norm, x, self, relu=True)
         if y.dtype == torch.float32:
             return F.avg_pool3d(y, kernel_size=(1, 2, 2))
         # PyTorch has no reduced-precision avg_pool3d on the CPU: the 2x2 means are summed in
@@ -195,7 +204,7 @@ class HourglassDecoder(KernelCache):
         out = skips.pop()
         for block in self.up_blocks:
             out = torch.cat([block(out), skips.pop()], dim=1)
-        return F.relu_(conv_norm(self.conv, self.norm, out, self))
+        return conv_norm(self.conv, self.norm, out, self, relu=True)
 
 
 class Hourglass(nn.Module):

@@ -1,0 +1,184 @@
+"""Winograd F(2x2, 3x3) over (H, W) for the 3x3x3 convolutions of the warping network (bf16, CPU).
+
+A 3x3x3 convolution (stride 1, zero padding 1) is, per output depth d, the sum over the depth
+taps dz = 0, 1, 2 of 3x3 convolutions of input plane d + dz - 1. Each 2D convolution runs as
+Winograd F(2x2, 3x3): the tiles of every input plane are transformed once (16 transform points
+per 2x2 output tile) and, for output plane d, the three transformed planes d - 1, d, d + 1 are
+multiplied by the matching transformed kernel slices and summed in the transform domain (one
+batched GEMM per depth tap, accumulated in place), so the output transform runs once per output
+plane. 16 * 3 multiply-adds per 4 outputs instead of 27 * 4: 2.25x fewer than the direct form.
+Planes are processed output plane by output plane over a ring of three transformed input planes
+and in bands of tile rows, so the transformed tiles stay in cache.
+
+Transforms (standard F(2, 3) matrices):
+    U = G g G^T     G   = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]
+    V = B^T x B     B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]
+    Y = A^T M A     A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]
+Weights are transformed in float32 then rounded once; the input transform runs in the input's
+dtype (its entries are sums of at most four inputs), the bias is added at transform point
+(1, 1), which A^T . A spreads evenly to the four outputs of a tile. The three depth taps are
+accumulated in place (two bf16 roundings more than one GEMM with K = 3 Cin, but no stacked copy of
+the transformed tiles, which cost more than the GEMM saved).
+
+Error (bf16, unit-variance data, full-size 142->142 at 16x64x64, vs float32 conv3d on the same
+rounded inputs): 5.3e-3 max-relative vs 2.1e-3 for oneDNN's direct bf16 convolution (2.5x); RMS
+vs the float32 convolution of the unrounded data 5.1e-3 vs 2.6e-3. ``KDTALKER_BF16_WINOGRAD3D=0|1``
+turns it off / on whatever the shape rule in :func:`preferred` says.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+_G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
+_AT = ((1.0, 1.0, 1.0, 0.0), (0.0, 1.0, -1.0, -1.0))
+
+#: Bytes of one plane's transformed tiles per band of tile rows. 1 and 2 MiB measured equal on one
+#: thread (4 MiB and more slower: out of cache); 2 MiB keeps the elementwise transform ops above
+#: PyTorch's parallel grain size, so they also split over threads.
+BAND_BYTES = 2 << 20
+
+
+def transform_weight3d(weight: torch.Tensor) -> torch.Tensor:
+    """weight (Cout,Cin,3,3,3) -> U (3, 16, Cin, Cout) contiguous in weight's dtype (made in float32).
+
+    U[dz, 4a+b, c, k] = (G weight[k, c, dz] G^T)[a, b] (dz: depth tap).
+    """
+    g = torch.tensor(_G, dtype=torch.float32, device=weight.device)
+    u = torch.einsum("ai,kczij,bj->zabck", g, weight.float(), g)  # (3,4,4,Cin,Cout)
+    return u.reshape(3, 16, weight.shape[1], weight.shape[0]).to(weight.dtype).contiguous()
+
+
+def _output_matrix(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(4,16): row 2i+j holds A^T[i,a] * A^T[j,b] at column 4a+b (entries 0, +-1: exact in any dtype)."""
+    at = torch.tensor(_AT, dtype=torch.float32)
+    return torch.einsum("ia,jb->ijab", at, at).reshape(4, 16).to(dtype=dtype, device=device)
+
+
+def _input_transform(rows: list[torch.Tensor], out: torch.Tensor) -> None:
+    """V = B^T x B of a run of 2x2 output tiles, written into ``out``.
+
+    rows: the four input rows of every tile, each (P, n, W, C) (channels innermost; a row outside
+    the map is a zero tensor, possibly expanded), W even; out (4, 4, P, n, W/2, C), any strides.
+    The zero columns left and right of the map are a zero border of the row-transformed buffer.
+    """
+    p, n, w, c = rows[1].shape
+    tmp = torch.empty(p, n, w + 2, c, dtype=out.dtype, device=out.device)
+    tmp[:, :, 0].zero_()
+    tmp[:, :, w + 1].zero_()
+    inner = tmp[:, :, 1:w + 1]
+    for a in range(4):
+        if a == 0:
+            torch.sub(rows[0], rows[2], out=inner)
+        elif a == 1:
+            torch.add(rows[1], rows[2], out=inner)
+        elif a == 2:
+            torch.sub(rows[2], rows[1], out=inner)
+        else:
+            torch.sub(rows[1], rows[3], out=inner)
+        cols = [tmp[:, :, j:j + w:2] for j in range(4)]  # (P, n, W/2, C): column j of every tile
+        torch.sub(cols[0], cols[2], out=out[a, 0])
+        torch.add(cols[1], cols[2], out=out[a, 1])
+        torch.sub(cols[2], cols[1], out=out[a, 2])
+        torch.sub(cols[1], cols[3], out=out[a, 3])
+
+
+def _transform_plane_band(plane: torch.Tensor, t0: int, n: int, out: torch.Tensor) -> None:
+    """Transformed tiles of tile rows [t0, t0 + n) of one plane (1, H, W, C) into out (4, 4, 1, n, W/2, C).
+
+    Tile row t reads input rows 2t - 1 ... 2t + 2; rows -1 and H (the zero padding) only occur in
+    the first and last tile rows, which are done on their own with a zero row.
+    """
+    h = plane.shape[1]
+    th = h // 2
+    zero = plane.new_zeros(()).expand(1, 1, *plane.shape[2:])
+    lo, hi = max(t0, 1), min(t0 + n, th - 1)  # tile rows whose four input rows all exist
+    if lo < hi:
+        rows = [plane[:, 2 * lo + i - 1: 2 * hi + i - 2: 2] for i in range(4)]
+        _input_transform(rows, out[:, :, :, lo - t0: hi - t0])
+    for t in sorted({t0, t0 + n - 1} & {0, th - 1}):
+        rows = [plane[:, r: r + 1] if 0 <= r < h else zero for r in range(2 * t - 1, 2 * t + 3)]
+        _input_transform(rows, out[:, :, :, t - t0: t - t0 + 1])
+
+
+def conv3x3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None, relu: bool = False,
+              band_bytes: int = BAND_BYTES) -> torch.Tensor:
+    """``F.conv3d(x, weight, bias, padding=1)`` by depth-folded Winograd; ``u = transform_weight3d(weight)``.
+
+    x (B,Cin,D,H,W) with H, W even, any memory format; u (3,16,Cin,Cout) and bias (Cout,) in x's
+    dtype -> (B,Cout,D,H,W) channels-last-3d in x's dtype. The output transform is one matrix
+    product per output plane (float32 accumulation inside the GEMM). Tile rows are processed in
+    bands of about ``band_bytes`` of transformed tiles per plane so that they stay in cache.
+    ``relu`` applies a ReLU while the outputs are stored (no extra pass).
+    """
+    b, c, d, h, w = x.shape
+    cout = u.shape[3]
+    th, tw = h // 2, w // 2
+    xv = x.permute(0, 2, 3, 4, 1).reshape(b * d, h, w, c)  # channels innermost (a view if channels-last)
+    a = _output_matrix(x.dtype, x.device)
+    out = torch.empty(b, cout, d, h, w, dtype=x.dtype, device=x.device, memory_format=torch.channels_last_3d)
+    tiles = out.permute(0, 2, 3, 4, 1).view(b, d, th, 2, tw, 2, cout)
+    band = max(1, min(th, band_bytes // (16 * tw * max(c, cout) * x.element_size())))
+    # Buffers reused across bands and planes (sized for a full band, viewed smaller for the last).
+    ring_bufs = [x.new_empty(16 * band * tw * c) for _ in range(3)]
+    m_buf, y_buf = x.new_empty(16 * band * tw * cout), x.new_empty(4 * band * tw * cout)
+    for t0 in range(0, th, band):
+        n = min(band, th - t0)
+        ring = [r[:16 * n * tw * c].view(4, 4, 1, n, tw, c) for r in ring_bufs]
+        m = m_buf[:16 * n * tw * cout].view(16, n * tw, cout)
+        y = y_buf[:4 * n * tw * cout].view(4, n * tw * cout)
+        for i in range(b):
+            # Ring of the transformed tiles of three consecutive input planes, (16, n*tw, Cin) each.
+            _transform_plane_band(xv[i * d: i * d + 1], t0, n, ring[1])
+            for j in range(d):  # output plane j: depth taps 0, 1, 2 read input planes j - 1, j, j + 1
+                if j + 1 < d:
+                    _transform_plane_band(xv[i * d + j + 1: i * d + j + 2], t0, n, ring[(j + 2) % 3])
+                below, same, above = (ring[(j + k) % 3].view(16, n * tw, c) for k in range(3))
+                torch.bmm(same, u[1], out=m)  # (16, n*tw, Cout)
+                if j > 0:
+                    m.baddbmm_(below, u[0])
+                if j + 1 < d:
+                    m.baddbmm_(above, u[2])
+                if bias is not None:
+                    m[5].add_(bias)
+                torch.mm(a, m.view(16, -1), out=y)
+                y_tiles = y.view(2, 2, n, tw, cout).permute(2, 0, 3, 1, 4)
+                if relu:
+                    torch.clamp_min(y_tiles, 0, out=tiles[i, j, t0:t0 + n])
+                else:
+                    tiles[i, j, t0:t0 + n].copy_(y_tiles)
+    return out
+
+
+#: The dtypes this path runs in (float32 would lose against oneDNN's direct convolution).
+DTYPES = (torch.bfloat16,)
+
+
+def applicable(conv: nn.Conv3d) -> bool:
+    """Whether ``conv`` is a plain 3x3x3 convolution (stride 1, padding 1, no dilation / groups)."""
+    return (tuple(conv.kernel_size) == (3, 3, 3) and tuple(conv.stride) == (1, 1, 1)
+            and tuple(conv.padding) == (1, 1, 1) and tuple(conv.dilation) == (1, 1, 1) and conv.groups == 1
+            and conv.padding_mode == "zeros")
+
+
+def preferred(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether :func:`conv3x3x3` should replace oneDNN for this 3x3x3 convolution of x (B,Cin,D,H,W).
+
+    Only CPU, :data:`DTYPES`, channels-last-3d input, even H and W. Shape rule from single-thread
+    measurements on a Zen 5 EPYC (AVX512-BF16, no AMX), D = 16 (direct ms -> this ms): it wins with
+    at least 128 input and output channels (142->142 at 64x64: 136 -> 105; 128->128 at 64x64:
+    103 -> 76) and loses with fewer output channels (110->64 at 64x64: 44 -> 48; 128->32: 26 -> 35);
+    64->128 at 32x32 (13.7 -> 12.0 alone) gained nothing inside the warping network.
+    ``KDTALKER_BF16_WINOGRAD3D`` = ``0`` / ``1`` overrides the channel rule.
+    """
+    if (x.device.type != "cpu" or x.dtype not in DTYPES or weight.dtype != x.dtype or x.dim() != 5
+            or tuple(weight.shape[2:]) != (3, 3, 3) or x.shape[3] % 2 or x.shape[4] % 2
+            or x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last_3d)):
+        return False
+    forced = os.environ.get("KDTALKER_BF16_WINOGRAD3D", "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
+    return weight.shape[0] >= 128 and weight.shape[1] >= 128
