@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import winograd3d
-from .fast_conv3d import KernelCache, conv3x3x3_upsampled, fold_batchnorm, upsample_phase_kernels, use_phase_form
+from .fast_conv3d import conv3x3x3_upsampled, fold_batchnorm, upsample_phase_kernels, use_phase_form
+from .kernel_cache import KernelCache
 
 #: Eval-mode BatchNorm is folded into the preceding convolution when the output has at least this
 #: many voxels per channel (there the normalisation pass costs time; below it the folded weight

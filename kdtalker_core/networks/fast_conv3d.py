@@ -16,46 +16,16 @@ The FFT convolution of the 7x7x7 ``mask`` layer lives in :mod:`.fft_conv3d`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .kernel_cache import KernelCache  # noqa: F401 - re-exported: the W modules cache through it
 
 #: Smallest low-resolution H*W for which the phase form beats interpolate + conv3d (measured on an
 #: AVX-512 EPYC, fp32 and bf16: at 2x2 and 4x4 the direct convolution is as fast or faster, and
 #: those layers' phase kernels would cost ~150 MB in float32).
 PHASE_MIN_PIXELS = 64
-
-
-class KernelCache(nn.Module):
-    """Caches kernels derived from the parameters (folded, phase-split) between forwards.
-
-    The cache empties on ``.to()`` / ``.float()`` / ``.bfloat16()`` ... (every ``_apply``) and
-    before a state dict is loaded, so it never outlives the parameters it was made from.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._kernel_cache: dict[object, Any] = {}
-        self.register_load_state_dict_pre_hook(KernelCache._drop_cache)
-
-    @staticmethod
-    def _drop_cache(module: nn.Module, *args: object) -> None:
-        module._kernel_cache = {}
-
-    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
-        self._kernel_cache = {}
-        return super()._apply(fn, recurse)
-
-    def cached(self, key: object, make: Callable[[], Any]) -> Any:
-        """``make()`` once per ``key`` (without autograd), then the cached value."""
-        value = self._kernel_cache.get(key)
-        if value is None:
-            with torch.no_grad():
-                value = self._kernel_cache[key] = make()
-        return value
 
 
 def _memory_format(t: torch.Tensor) -> torch.memory_format:

@@ -47,6 +47,7 @@ from torch import nn
 
 from ..backends import nnpack, winograd
 from .blocks import to_compute
+from .kernel_cache import KernelCache
 
 #: Hidden width of every SPADE modulation branch.
 SPADE_HIDDEN = 128
@@ -73,37 +74,8 @@ def winograd_convolutions(enabled: bool = True) -> Iterator[bool]:
         _WINOGRAD.reset(token)
 
 
-class _CachedKernels(nn.Module):
-    """A module that caches derived convolution kernels (concatenations, sub-pixel phases).
-
-    The cache is dropped whenever parameters move or change dtype (``.to``, ``.half`` ...) and
-    when a state dict is loaded, so it never goes stale.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._kernel_cache: dict[object, object] = {}
-        self.register_load_state_dict_pre_hook(_CachedKernels._drop_cache)
-
-    @staticmethod
-    def _drop_cache(module: nn.Module, *args: object) -> None:
-        module._kernel_cache = {}
-
-    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
-        self._kernel_cache = {}
-        return super()._apply(fn, recurse)
-
-    def cached(self, key: object, make):  # type: ignore[no-untyped-def]
-        """``make()`` once per ``key`` (outside autograd), then the cached value."""
-        value = self._kernel_cache.get(key)
-        if value is None:
-            with torch.no_grad():
-                value = self._kernel_cache[key] = make()
-        return value
-
-
 def conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-            cache: _CachedKernels | None = None, key: object = "winograd") -> torch.Tensor:
+            cache: KernelCache | None = None, key: object = "winograd") -> torch.Tensor:
     """3x3 convolution, stride 1, zero padding 1.
 
     float32 on the CPU inside :func:`winograd_convolutions`: NNPACK. bf16 channels-last on the
@@ -122,7 +94,7 @@ def conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     return F.conv2d(x, weight, bias, padding=1)
 
 
-class SpectralNormConv2d(_CachedKernels):
+class SpectralNormConv2d(KernelCache):
     """Conv2d whose weight is ``weight_orig / sigma``, sigma = u . (weight_orig.reshape(out,-1) @ v).
 
     State-dict keys, in order: ``bias`` (if any), ``weight_orig``, ``weight_u`` (out,),
@@ -411,7 +383,7 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
         return torch.cat([normalize(x[i:i + 1]) for i in range(x.shape[0])])
 
 
-class SPADE(_CachedKernels):
+class SPADE(KernelCache):
     """Spatially adaptive denormalisation: IN(x) * (1 + gamma(seg)) + beta(seg).
 
     ``norm_nc`` channels of x, ``label_nc`` channels of the conditioning map ``seg``; seg is
@@ -490,7 +462,7 @@ def _concat_shared(params: list[torch.Tensor]) -> torch.Tensor:
 
 
 def shared_activations(norms: list[SPADE], seg: torch.Tensor, size: tuple[int, int],
-                       cache: _CachedKernels | None = None) -> list[torch.Tensor]:
+                       cache: KernelCache | None = None) -> list[torch.Tensor]:
     """ReLU(mlp_shared(nearest_resize(seg, size))) for several SPADEs with one convolution.
 
     seg (B,L,h,w) -> list of (B,128,H,W). Integer upsampling factors use
@@ -517,7 +489,7 @@ def shared_activations(norms: list[SPADE], seg: torch.Tensor, size: tuple[int, i
     return list(actv.split(SPADE_HIDDEN, dim=1))
 
 
-class SPADEResnetBlock(_CachedKernels):
+class SPADEResnetBlock(KernelCache):
     """Residual block: shortcut + conv_1(lrelu(SPADE_1(conv_0(lrelu(SPADE_0(x, seg))), seg))).
 
     The shortcut is conv_s(SPADE_s(x)) (1x1, no bias) when fin != fout, else x. Slope 0.2.
@@ -556,7 +528,7 @@ class SPADEResnetBlock(_CachedKernels):
         return dx.add_(shortcut) if dx.dtype == shortcut.dtype else shortcut + dx
 
 
-class SPADEDecoder(_CachedKernels):
+class SPADEDecoder(KernelCache):
     """fc -> 6 SPADE blocks -> (x2, block) x2 -> conv (+ PixelShuffle x2) -> sigmoid.
 
     Keys match ``spade_generator.pth``. With ``upscale > 1`` the last conv predicts 12 channels

@@ -1,0 +1,38 @@
+"""A module mixin that caches kernels derived from its parameters (used by W and G)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class KernelCache(nn.Module):
+    """Caches kernels derived from the parameters (folded, phase-split) between forwards.
+
+    The cache empties on ``.to()`` / ``.float()`` / ``.bfloat16()`` ... (every ``_apply``) and
+    before a state dict is loaded, so it never outlives the parameters it was made from.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._kernel_cache: dict[object, Any] = {}
+        self.register_load_state_dict_pre_hook(KernelCache._drop_cache)
+
+    @staticmethod
+    def _drop_cache(module: nn.Module, *args: object) -> None:
+        module._kernel_cache = {}
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        self._kernel_cache = {}
+        return super()._apply(fn, recurse)
+
+    def cached(self, key: object, make: Callable[[], Any]) -> Any:
+        """``make()`` once per ``key`` (without autograd), then the cached value."""
+        value = self._kernel_cache.get(key)
+        if value is None:
+            with torch.no_grad():
+                value = self._kernel_cache[key] = make()
+        return value
