@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..networks.blocks import Hourglass, conv_norm, coordinate_grid_3d, grid_keypoint_gaussians, to_compute
-from .fast_conv3d import KernelCache
 from .fft_conv3d import fft_conv3d, fft_kernels
+from .kernel_cache import KernelCache
 
 #: Variance of the keypoint Gaussians in normalised coordinates.
 KP_VARIANCE = 0.01
