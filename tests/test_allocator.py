@@ -26,21 +26,28 @@ def _touch_and_free(mb: int) -> None:
 def test_freed_large_blocks_stay_while_rendering_and_go_back_afterwards() -> None:
     _touch_and_free(256)
     base = _rss_mb()  # outside: a 256 MB block is mmapped and returned on free
-    assert base < _rss_mb() + 64
     with allocator.reuse_large_blocks() as active:
         assert active
-        _touch_and_free(256)
-        assert _rss_mb() > base + 200  # the block stayed in the heap for the next frame
-    assert _rss_mb() < base + 64  # leaving trims the heap
+        _touch_and_free(256)  # between frames (the caller's work): still mmapped, returned at once
+        assert _rss_mb() < base + 64
+        with allocator.large_blocks_from_heap():
+            _touch_and_free(256)  # the networks' own block: kept in the heap for the next frame
+        assert _rss_mb() > base + 200
+    assert _rss_mb() < base + 64  # leaving the render trims the heap
 
 
 def test_nested_blocks_restore_only_at_the_outermost_exit_and_can_be_turned_off(monkeypatch) -> None:
+    with allocator.large_blocks_from_heap():  # outside a render: no effect
+        _touch_and_free(256)
+    base = _rss_mb()
     with allocator.reuse_large_blocks():
         with allocator.reuse_large_blocks():
             pass
-        _touch_and_free(256)
         assert allocator._depth == 1
+        with allocator.large_blocks_from_heap():
+            _touch_and_free(256)
         inner = _rss_mb()
+        assert inner > base + 200
     assert _rss_mb() < inner - 200
     monkeypatch.setenv("KDTALKER_KEEP_BLOCKS", "0")
     with allocator.reuse_large_blocks() as active:

@@ -1,19 +1,21 @@
-"""Keep large freed CPU blocks for reuse while frames render (glibc malloc settings).
+"""Keep the networks' large freed CPU blocks for the next frame (glibc malloc settings).
 
 Rendering one frame allocates and frees the same large maps again and again (tens to a few
 hundred MB each at 512 px). glibc serves every block above its mmap threshold (at most 32 MB)
 with a fresh ``mmap`` and returns it on ``free``, so each frame pays page faults and page zeroing
-for all of them again: in a VM that was 8-13% of the render time. Within :func:`reuse_large_blocks`
-the threshold is raised above the largest map and freed memory is kept at the top of the heap,
-so the next frame reuses the same blocks; on leaving, the memory is handed back to the system
-(``malloc_trim``) and glibc's default thresholds are restored.
+for all of them again. :func:`reuse_large_blocks` (a whole render) keeps freed memory at the top
+of the heap; :func:`large_blocks_from_heap` (the networks' computation of one chunk, inside it)
+raises the mmap threshold above the largest map, so those maps come from, and go back to, the
+heap. What runs between chunks (paste-back into a large photo, encoding, the caller's code) keeps
+glibc's threshold, so its own large buffers do not settle in the heap. Leaving the render hands
+the memory back (``malloc_trim``) and restores glibc's defaults.
 
-Measured on a 2-core Zen 5 EPYC VM, full-size networks, 2 threads, 20-24 frames (resident memory
-flat from the second frame on, handed back at the end): bf16 1.24 -> 1.17 s a frame for +246 MB
-resident while rendering (882 -> 1128 MB); fp32 2.28 -> 2.07 s for +400 MB (1326 -> 1729 MB).
-:func:`wanted` therefore turns it on for reduced precision only, whose peak stays far below the
-official float32 pipeline's, and leaves float32 (the memory-bound case) on glibc's defaults.
-Numbers do not change. A no-op where the C library is not glibc (macOS, Windows, musl).
+Measured on a 2-core Zen 5 EPYC VM, bf16, 2 threads: W + G 1.24 -> 1.14 s a frame; the streamed
+path (render, paste-back into a 2048x2048 photo, H.264) 30.2 -> 27.1 s for 20 frames and 89.3 ->
+76.5 s for 60, peak RSS 2694 -> 2740 MB and 2904 -> 3001 MB. (Raising the threshold for the whole
+render, the caller's work included, was as fast but cost 3100 / 3488 MB.) float32 keeps glibc's
+defaults (:func:`wanted`): there the setting cost +400 MB against its memory target. Numbers do not
+change. A no-op where the C library is not glibc (macOS, Windows, musl).
 ``KDTALKER_KEEP_BLOCKS``: ``0`` never, ``1`` always (float32 too), unset: :func:`wanted`'s rule.
 """
 
@@ -93,7 +95,6 @@ def reuse_large_blocks(enabled: bool = True) -> Iterator[bool]:
     assert libc is not None
     with _lock:
         if _depth == 0:
-            libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
             libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
         _depth += 1
     try:
@@ -105,3 +106,20 @@ def reuse_large_blocks(enabled: bool = True) -> Iterator[bool]:
                 libc.mallopt(_M_MMAP_THRESHOLD, _DEFAULT_MMAP_THRESHOLD)
                 libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
                 libc.malloc_trim(0)
+
+
+@contextmanager
+def large_blocks_from_heap(enabled: bool = True) -> Iterator[None]:
+    """Within the block, blocks up to :data:`MMAP_THRESHOLD` come from the heap (where
+    :func:`reuse_large_blocks` keeps them when freed). Meant for the networks' own computation
+    only: what runs between frames (paste-back, encoding, the caller's code) keeps glibc's mmap
+    threshold, so its large buffers do not settle in the heap and fragment it."""
+    active = bool(enabled) and _depth > 0 and available()
+    libc = _libc()
+    if active and libc is not None:
+        libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    try:
+        yield
+    finally:
+        if active and libc is not None:
+            libc.mallopt(_M_MMAP_THRESHOLD, _DEFAULT_MMAP_THRESHOLD)
