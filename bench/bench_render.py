@@ -42,6 +42,8 @@ from kdtalker_core.networks.warping import WarpingNetwork  # noqa: E402
 from kdtalker_core.precision import PRECISIONS, cpu_summary, native_bf16, resolve_precision  # noqa: E402
 from kdtalker_core.render import compile_networks, prepare_networks, render_frames  # noqa: E402
 
+#: The official render per frame measured by ../shared/reference on an AVX2-only EPYC; pass
+#: ``--official-s-per-frame`` with this machine's own number (bench_official.py) for a fair ratio.
 OFFICIAL_CPU_S_PER_FRAME = {"warp": 2.29, "decode": 5.79, "total": 8.07}
 
 
@@ -134,6 +136,9 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch default)")
     ap.add_argument("--force", action="store_true", help="run reduced precision even on slow CPUs")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--official-s-per-frame", type=float, default=OFFICIAL_CPU_S_PER_FRAME["total"],
+                    help="the official render's seconds per frame on THIS machine (bench_official.py "
+                         "render_per_frame_s); the default 8.07 was measured on an AVX2-only EPYC")
     ap.add_argument("--winograd", choices=("auto", "on", "off"), default="auto",
                     help="fp32 decoder 3x3 convs through NNPACK (auto: the measured probe)")
     ap.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
@@ -210,7 +215,7 @@ def main() -> int:
             if compiled:  # hooks on the original modules do not fire inside compiled graphs
                 warp_s = dec_s = float("nan")
             print(f"{label:14} {chunk:5d} {warp_s:9.3f} {dec_s:10.3f} {best:8.3f} {median:8.3f} {1 / best:8.3f} "
-                  f"{OFFICIAL_CPU_S_PER_FRAME['total'] / best:10.2f}x {_peak_rss_mb():11.0f} {quality:>12}",
+                  f"{args.official_s_per_frame / best:10.2f}x {_peak_rss_mb():11.0f} {quality:>12}",
                   flush=True)
             last = f"s/frame {label} {best:.3f}"
     if last:
