@@ -85,7 +85,7 @@ def _input_transform(xp: torch.Tensor, tile_rows: int, r: torch.Tensor, v: torch
     torch.sub(c2, c1, out=v[:, 3])
 
 
-def _output_matrix(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+def output_matrix(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """(4,16): row 2i+j holds A^T[i,a] * A^T[j,b] at column 4p+q, (a, b) = _ORDER[p, q] (entries 0, +-1: exact)."""
     at = torch.tensor(_AT, dtype=torch.float32)[:, list(_ORDER)]
     return torch.einsum("ia,jb->ijab", at, at).reshape(4, 16).to(dtype=dtype, device=device)
@@ -129,11 +129,40 @@ def _advise_huge_pages(t: torch.Tensor) -> None:
         _MADVISE(lo, hi - lo, _MADV_HUGEPAGE)
 
 
+class BandScratch:
+    """Buffers reused by :func:`transform_band` for bands of up to ``band`` tile rows of ``rows``
+    input maps shaped like x (B,C,H,W) (or x's (H,W,C) planes): one zero-padded band of input rows
+    (its left and right columns stay zero) and the row-transform scratch."""
+
+    def __init__(self, x: torch.Tensor, rows: int, band: int) -> None:
+        c, w = x.shape[1], x.shape[-1]
+        self.xp = x.new_empty(rows, 2 * band + 2, w + 2, c)
+        self.xp[:, :, 0].zero_()
+        self.xp[:, :, w + 1].zero_()
+        self.r_buf = x.new_empty(4 * rows * band * (w + 2) * c)  # flat: a shorter band gets contiguous views
+
+
+def transform_band(xl: torch.Tensor, t0: int, n: int, scratch: BandScratch, v: torch.Tensor) -> None:
+    """Transformed tiles of tile rows [t0, t0 + n) of xl (B,H,W,C) (channels innermost, any strides)
+    into v (4, 4, B, n, W/2, C): the band's input rows are copied into ``scratch``'s zero-padded
+    buffer (rows -1 and H are the padding), then :func:`_input_transform` runs on it."""
+    b, h, w, c = xl.shape
+    lo, hi = 2 * t0 - 1, 2 * (t0 + n) + 1  # input rows of this band, padding rows outside [0, h)
+    xb = scratch.xp[:b, :2 * n + 2]
+    if lo < 0:
+        xb[:, 0].zero_()
+    if hi > h:
+        xb[:, 2 * n + 1].zero_()
+    k0, k1 = max(lo, 0), min(hi, h)
+    xb[:, k0 - lo:k1 - lo, 1:w + 1].copy_(xl[:, k0:k1])
+    _input_transform(xb, n, scratch.r_buf[:4 * b * n * (w + 2) * c].view(4, b, n, w + 2, c), v)
+
+
 #: Bytes of transformed tiles per band (V or M); bands keep them cache-resident.
 BAND_BYTES = 8 << 20
 
 #: Index of transform point (1,1) in U / V / M storage order (where the bias goes).
-_BIAS_POINT = 4 * _ORDER.index(1) + _ORDER.index(1)
+BIAS_POINT = 4 * _ORDER.index(1) + _ORDER.index(1)
 
 
 def conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None, band_bytes: int = BAND_BYTES) -> torch.Tensor:
@@ -150,35 +179,24 @@ def conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None, band_by
     cout = u.shape[2]
     th, tw = h // 2, w // 2
     xl = x.permute(0, 2, 3, 1)  # (B, H, W, C) view
-    a = _output_matrix(x.dtype, x.device)
+    a = output_matrix(x.dtype, x.device)
     out = torch.empty(b, cout, h, w, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
     _advise_huge_pages(out)
     tiles = out.permute(0, 2, 3, 1).view(b, th, 2, tw, 2, cout)
     band = max(1, min(th, band_bytes // (16 * b * tw * max(c, cout) * x.element_size())))
-    xp = x.new_empty(b, 2 * band + 2, w + 2, c)  # one zero-padded band of input rows
-    xp[:, :, 0].zero_()
-    xp[:, :, w + 1].zero_()
+    scratch = BandScratch(x, b, band)
     # Scratch reused by every band (flat, so that a shorter last band still gets contiguous views).
-    r_buf = x.new_empty(4 * b * band * (w + 2) * c)
     v_buf = x.new_empty(16 * b * band * tw * c)
     m_buf = x.new_empty(16 * b * band * tw * cout)
     y_buf = x.new_empty(4 * b * band * tw * cout)
     for t0 in range(0, th, band):
         n = min(band, th - t0)
-        lo, hi = 2 * t0 - 1, 2 * (t0 + n) + 1  # input rows of this band, padding rows outside [0, h)
-        xb = xp[:, :2 * n + 2]
-        if lo < 0:
-            xb[:, 0].zero_()
-        if hi > h:
-            xb[:, 2 * n + 1].zero_()
-        k0, k1 = max(lo, 0), min(hi, h)
-        xb[:, k0 - lo:k1 - lo, 1:w + 1].copy_(xl[:, k0:k1])
         v = v_buf[:16 * b * n * tw * c].view(16, b * n * tw, c)
-        _input_transform(xb, n, r_buf[:4 * b * n * (w + 2) * c].view(4, b, n, w + 2, c), v.view(4, 4, b, n, tw, c))
+        transform_band(xl, t0, n, scratch, v.view(4, 4, b, n, tw, c))
         m = m_buf[:16 * b * n * tw * cout].view(16, b * n * tw, cout)
         torch.bmm(v, u, out=m)
         if bias is not None:
-            m[_BIAS_POINT].add_(bias)
+            m[BIAS_POINT].add_(bias)
         y = y_buf[:4 * b * n * tw * cout].view(4, b * n * tw * cout)
         torch.mm(a, m.view(16, -1), out=y)
         tiles[:, t0:t0 + n].copy_(y.view(2, 2, b, n, tw, cout).permute(2, 3, 0, 4, 1, 5))

@@ -10,15 +10,11 @@ plane. 16 * 3 multiply-adds per 4 outputs instead of 27 * 4: 2.25x fewer than th
 Planes are processed output plane by output plane over a ring of three transformed input planes
 and in bands of tile rows, so the transformed tiles stay in cache.
 
-Transforms (standard F(2, 3) matrices):
-    U = G g G^T     G   = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]
-    V = B^T x B     B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]
-    Y = A^T M A     A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]
-Weights are transformed in float32 then rounded once; the input transform runs in the input's
-dtype (its entries are sums of at most four inputs), the bias is added at transform point
-(1, 1), which A^T . A spreads evenly to the four outputs of a tile. The three depth taps are
-accumulated in place (two bf16 roundings more than one GEMM with K = 3 Cin, but no stacked copy of
-the transformed tiles, which cost more than the GEMM saved).
+The transforms, their storage order and the zero-padded band input transform are those of the 2D
+path (:mod:`kdtalker_core.backends.winograd`): weights transformed in float32 then rounded once,
+the input transform in the input's dtype, the bias at transform point (1, 1). The three depth taps
+are accumulated in place (two bf16 roundings more than one GEMM with K = 3 Cin, but no stacked copy
+of the transformed tiles, which cost more than the GEMM saved).
 
 Error (bf16, unit-variance data, full-size 142->142 at 16x64x64, vs float32 conv3d on the same
 rounded inputs): 5.3e-3 max-relative vs 2.1e-3 for oneDNN's direct bf16 convolution (2.5x); RMS
@@ -33,8 +29,7 @@ import os
 import torch
 from torch import nn
 
-_G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
-_AT = ((1.0, 1.0, 1.0, 0.0), (0.0, 1.0, -1.0, -1.0))
+from ..backends import winograd
 
 #: Bytes of one plane's transformed tiles per band of tile rows. 1 and 2 MiB measured equal on one
 #: thread (4 MiB and more slower: out of cache); 2 MiB keeps the elementwise transform ops above
@@ -43,65 +38,9 @@ BAND_BYTES = 2 << 20
 
 
 def transform_weight3d(weight: torch.Tensor) -> torch.Tensor:
-    """weight (Cout,Cin,3,3,3) -> U (3, 16, Cin, Cout) contiguous in weight's dtype (made in float32).
-
-    U[dz, 4a+b, c, k] = (G weight[k, c, dz] G^T)[a, b] (dz: depth tap).
-    """
-    g = torch.tensor(_G, dtype=torch.float32, device=weight.device)
-    u = torch.einsum("ai,kczij,bj->zabck", g, weight.float(), g)  # (3,4,4,Cin,Cout)
-    return u.reshape(3, 16, weight.shape[1], weight.shape[0]).to(weight.dtype).contiguous()
-
-
-def _output_matrix(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """(4,16): row 2i+j holds A^T[i,a] * A^T[j,b] at column 4a+b (entries 0, +-1: exact in any dtype)."""
-    at = torch.tensor(_AT, dtype=torch.float32)
-    return torch.einsum("ia,jb->ijab", at, at).reshape(4, 16).to(dtype=dtype, device=device)
-
-
-def _input_transform(rows: list[torch.Tensor], out: torch.Tensor) -> None:
-    """V = B^T x B of a run of 2x2 output tiles, written into ``out``.
-
-    rows: the four input rows of every tile, each (P, n, W, C) (channels innermost; a row outside
-    the map is a zero tensor, possibly expanded), W even; out (4, 4, P, n, W/2, C), any strides.
-    The zero columns left and right of the map are a zero border of the row-transformed buffer.
-    """
-    p, n, w, c = rows[1].shape
-    tmp = torch.empty(p, n, w + 2, c, dtype=out.dtype, device=out.device)
-    tmp[:, :, 0].zero_()
-    tmp[:, :, w + 1].zero_()
-    inner = tmp[:, :, 1:w + 1]
-    for a in range(4):
-        if a == 0:
-            torch.sub(rows[0], rows[2], out=inner)
-        elif a == 1:
-            torch.add(rows[1], rows[2], out=inner)
-        elif a == 2:
-            torch.sub(rows[2], rows[1], out=inner)
-        else:
-            torch.sub(rows[1], rows[3], out=inner)
-        cols = [tmp[:, :, j:j + w:2] for j in range(4)]  # (P, n, W/2, C): column j of every tile
-        torch.sub(cols[0], cols[2], out=out[a, 0])
-        torch.add(cols[1], cols[2], out=out[a, 1])
-        torch.sub(cols[2], cols[1], out=out[a, 2])
-        torch.sub(cols[1], cols[3], out=out[a, 3])
-
-
-def _transform_plane_band(plane: torch.Tensor, t0: int, n: int, out: torch.Tensor) -> None:
-    """Transformed tiles of tile rows [t0, t0 + n) of one plane (1, H, W, C) into out (4, 4, 1, n, W/2, C).
-
-    Tile row t reads input rows 2t - 1 ... 2t + 2; rows -1 and H (the zero padding) only occur in
-    the first and last tile rows, which are done on their own with a zero row.
-    """
-    h = plane.shape[1]
-    th = h // 2
-    zero = plane.new_zeros(()).expand(1, 1, *plane.shape[2:])
-    lo, hi = max(t0, 1), min(t0 + n, th - 1)  # tile rows whose four input rows all exist
-    if lo < hi:
-        rows = [plane[:, 2 * lo + i - 1: 2 * hi + i - 2: 2] for i in range(4)]
-        _input_transform(rows, out[:, :, :, lo - t0: hi - t0])
-    for t in sorted({t0, t0 + n - 1} & {0, th - 1}):
-        rows = [plane[:, r: r + 1] if 0 <= r < h else zero for r in range(2 * t - 1, 2 * t + 3)]
-        _input_transform(rows, out[:, :, :, t - t0: t - t0 + 1])
+    """weight (Cout,Cin,3,3,3) -> U (3, 16, Cin, Cout) contiguous in weight's dtype (made in float32):
+    U[dz] is :func:`kdtalker_core.backends.winograd.transform_weight` of depth tap dz."""
+    return torch.stack([winograd.transform_weight(weight[:, :, dz]) for dz in range(3)])
 
 
 def conv3x3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None, relu: bool = False,
@@ -118,12 +57,13 @@ def conv3x3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None, relu:
     cout = u.shape[3]
     th, tw = h // 2, w // 2
     xv = x.permute(0, 2, 3, 4, 1).reshape(b * d, h, w, c)  # channels innermost (a view if channels-last)
-    a = _output_matrix(x.dtype, x.device)
+    a = winograd.output_matrix(x.dtype, x.device)
     out = torch.empty(b, cout, d, h, w, dtype=x.dtype, device=x.device, memory_format=torch.channels_last_3d)
     tiles = out.permute(0, 2, 3, 4, 1).view(b, d, th, 2, tw, 2, cout)
     band = max(1, min(th, band_bytes // (16 * tw * max(c, cout) * x.element_size())))
     # Buffers reused across bands and planes (sized for a full band, viewed smaller for the last).
     ring_bufs = [x.new_empty(16 * band * tw * c) for _ in range(3)]
+    scratch = winograd.BandScratch(x, 1, band)
     m_buf, y_buf = x.new_empty(16 * band * tw * cout), x.new_empty(4 * band * tw * cout)
     for t0 in range(0, th, band):
         n = min(band, th - t0)
@@ -132,10 +72,10 @@ def conv3x3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None, relu:
         y = y_buf[:4 * n * tw * cout].view(4, n * tw * cout)
         for i in range(b):
             # Ring of the transformed tiles of three consecutive input planes, (16, n*tw, Cin) each.
-            _transform_plane_band(xv[i * d: i * d + 1], t0, n, ring[1])
+            winograd.transform_band(xv[i * d: i * d + 1], t0, n, scratch, ring[1])
             for j in range(d):  # output plane j: depth taps 0, 1, 2 read input planes j - 1, j, j + 1
                 if j + 1 < d:
-                    _transform_plane_band(xv[i * d + j + 1: i * d + j + 2], t0, n, ring[(j + 2) % 3])
+                    winograd.transform_band(xv[i * d + j + 1: i * d + j + 2], t0, n, scratch, ring[(j + 2) % 3])
                 below, same, above = (ring[(j + k) % 3].view(16, n * tw, c) for k in range(3))
                 torch.bmm(same, u[1], out=m)  # (16, n*tw, Cout)
                 if j > 0:
@@ -143,7 +83,7 @@ def conv3x3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None, relu:
                 if j + 1 < d:
                     m.baddbmm_(above, u[2])
                 if bias is not None:
-                    m[5].add_(bias)
+                    m[winograd.BIAS_POINT].add_(bias)
                 torch.mm(a, m.view(16, -1), out=y)
                 y_tiles = y.view(2, 2, n, tw, cout).permute(2, 0, 3, 1, 4)
                 if relu:
