@@ -17,16 +17,12 @@ from torch import nn
 from . import winograd3d
 from .fast_conv3d import conv3x3x3_upsampled, fold_batchnorm, upsample_phase_kernels, use_phase_form
 from .kernel_cache import KernelCache
+from .layout import memory_format
 
 #: Eval-mode BatchNorm is folded into the preceding convolution when the output has at least this
 #: many voxels per channel (there the normalisation pass costs time; below it the folded weight
 #: copy would cost more memory than the pass costs time).
 FOLD_MIN_VOXELS = 16 * 32 * 32
-
-
-def _is_channels_last_3d(x: torch.Tensor) -> bool:
-    """True for a 5D tensor laid out channels-last-3d (and not also plain contiguous)."""
-    return x.dim() == 5 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d)
 
 
 def conv_norm(conv: nn.Conv2d | nn.Conv3d, norm: nn.modules.batchnorm._BatchNorm, x: torch.Tensor,
@@ -109,7 +105,7 @@ class DownBlock3d(KernelCache):
         # float32 from strided views (same numbers as pooling a float32 copy: sums of four bf16/fp16
         # values are exact in float32; 10x faster than avg_pool3d on a channels-last copy), then cast
         # back in y's memory format, so a channels-last network stays channels-last.
-        fmt = torch.channels_last_3d if _is_channels_last_3d(y) else torch.contiguous_format
+        fmt = memory_format(y)
         acc = y[..., 0::2, 0::2].float()
         acc += y[..., 0::2, 1::2]
         acc += y[..., 1::2, 0::2]

@@ -21,20 +21,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .kernel_cache import KernelCache  # noqa: F401 - re-exported: the W modules cache through it
+from .layout import memory_format
 
 #: Smallest low-resolution H*W for which the phase form beats interpolate + conv3d (measured on an
 #: AVX-512 EPYC, fp32 and bf16: at 2x2 and 4x4 the direct convolution is as fast or faster, and
 #: those layers' phase kernels would cost ~150 MB in float32).
 PHASE_MIN_PIXELS = 64
-
-
-def _memory_format(t: torch.Tensor) -> torch.memory_format:
-    """channels-last(-3d) when ``t`` is laid out so (and not also plain contiguous), else contiguous."""
-    if t.dim() == 5 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last_3d):
-        return torch.channels_last_3d
-    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
 
 
 def fold_batchnorm(weight: torch.Tensor, bias: torch.Tensor | None,
@@ -54,7 +46,7 @@ def fold_batchnorm(weight: torch.Tensor, bias: torch.Tensor | None,
     if norm.bias is not None:
         shift = shift + norm.bias.float()
     w = weight.float() * scale.reshape(-1, *([1] * (weight.dim() - 1)))
-    return w.to(dtype=weight.dtype, memory_format=_memory_format(weight)), shift.to(weight.dtype)
+    return w.to(dtype=weight.dtype, memory_format=memory_format(weight)), shift.to(weight.dtype)
 
 
 def _phase_sums(w: torch.Tensor, axis: int, phase: int) -> torch.Tensor:
@@ -76,7 +68,7 @@ def upsample_phase_kernels(weight: torch.Tensor) -> list[torch.Tensor]:
     come back in the weight's dtype and memory format.
     """
     w32 = weight.float()
-    fmt = _memory_format(weight)
+    fmt = memory_format(weight)
     kernels = []
     for py in range(2):
         rows = _phase_sums(w32, 3, py)
@@ -93,9 +85,9 @@ def conv3x3x3_upsampled(x: torch.Tensor, kernels: list[torch.Tensor], bias: torc
     """
     b, _, d, h, w = x.shape
     xp = F.pad(x, (1, 1, 1, 1))  # zero border in H and W; depth padding is the convolution's
-    fmt = _memory_format(x)
+    fmt = memory_format(x)
     if fmt == torch.contiguous_format:
-        fmt = _memory_format(kernels[0])
+        fmt = memory_format(kernels[0])
     out = torch.empty((b, kernels[0].shape[0], d, 2 * h, 2 * w), dtype=x.dtype, device=x.device,
                       memory_format=fmt)
     for i, k in enumerate(kernels):

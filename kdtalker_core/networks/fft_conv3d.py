@@ -20,6 +20,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .layout import memory_format
+
 #: FFT tile size: 22 gives 16 output pixels per tile, so a 64-pixel side is exactly 4 tiles.
 TILE_FFT = 22
 #: Input channels are transformed in this many chunks (bounds the transient memory).
@@ -67,9 +69,7 @@ def fft_conv3d(x: torch.Tensor, kernels: torch.Tensor, bias: torch.Tensor | None
     cout = kernels.shape[3] // 2
     nfreq = kernels.shape[2]
     nty, ntx = math.ceil(h / t), math.ceil(w / t)
-    fmt = torch.channels_last_3d if (not x.is_contiguous()
-                                     and x.is_contiguous(memory_format=torch.channels_last_3d)) \
-        else torch.contiguous_format
+    fmt = memory_format(x)
     out = torch.empty((b, cout, d, nty * t, ntx * t), dtype=torch.float32, device=x.device)
     for bi in range(b):
         for ty0 in range(0, nty, rows_per_step):

@@ -48,6 +48,7 @@ from torch import nn
 from ..backends import nnpack, winograd
 from .blocks import to_compute
 from .kernel_cache import KernelCache
+from .layout import is_channels_last, memory_format
 
 #: Hidden width of every SPADE modulation branch.
 SPADE_HIDDEN = 128
@@ -87,7 +88,7 @@ def conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
         return F.conv2d(x, weight, bias, padding=1)
     if _WINOGRAD.get() and x.dtype == torch.float32 and weight.dtype == torch.float32:
         return nnpack.conv3x3(x, weight, bias)
-    if cache is not None and _is_channels_last(x) and winograd.preferred(x, weight):
+    if cache is not None and is_channels_last(x) and winograd.preferred(x, weight):
         # (Channel slices of a channels-last map stay on oneDNN: measured no faster through Winograd.)
         u = cache.cached(key, lambda: winograd.transform_weight(weight))
         return winograd.conv3x3(x, u, bias)
@@ -245,7 +246,7 @@ def phase_kernels(weight: torch.Tensor, factor: int, bias: torch.Tensor | None =
     memory format. ``bias`` (Cout,) is repeated for every phase of a group.
     """
     w32 = weight.float()
-    fmt = torch.channels_last if _is_channels_last(weight) else torch.contiguous_format
+    fmt = memory_format(weight)
     groups = _phase_groups(factor)
     out = []
     for rows, row0, row_taps in groups:
@@ -297,7 +298,7 @@ def conv3x3_upsampled_parts(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
     cout = weight.shape[0]
     split = cout if split is None else split
     xp = F.pad(x, (1, 1, 1, 1))
-    fmt = _memory_format(x)
+    fmt = memory_format(x)
     parts: list[torch.Tensor] = []
     for g in kernels:
         ny, nx = g.weight.shape[2], g.weight.shape[3]
@@ -351,16 +352,6 @@ def _phase_view(x: torch.Tensor, factor: int) -> torch.Tensor:
     """(B,C,f*h,f*w) -> the view (B,C,h,f,w,f), any strides."""
     h, w = x.shape[-2] // factor, x.shape[-1] // factor
     return x.unflatten(3, (w, factor)).unflatten(2, (h, factor))
-
-
-def _memory_format(x: torch.Tensor) -> torch.memory_format:
-    """channels-last for a channels-last 4D x, else contiguous."""
-    return torch.channels_last if _is_channels_last(x) else torch.contiguous_format
-
-
-def _is_channels_last(x: torch.Tensor) -> bool:
-    """True for a 4D tensor laid out channels-last (and not also plain contiguous)."""
-    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
 #: Instance-norm epsilon (added to the biased variance).
@@ -420,7 +411,7 @@ class SPADE(KernelCache):
         gamma1, beta = conv3x3(actv, weight, bias, cache=self).chunk(2, dim=1)
         if normalized.dtype != gamma1.dtype:  # autocast: convolutions run in the reduced dtype
             normalized, inplace = normalized.to(gamma1.dtype), normalized.shape == gamma1.shape
-        fmt = _memory_format(normalized)
+        fmt = memory_format(normalized)
         # Where the result goes: over ``normalized`` if allowed, else over beta when beta is a dense
         # map in that layout (NCHW: gamma and beta are contiguous halves of the convolution's
         # output), else a new map. Reusing memory skips the page faults of a fresh large map.
@@ -452,7 +443,7 @@ def _concat_shared(params: list[torch.Tensor]) -> torch.Tensor:
     storage is shared, so the fused convolution's weight costs no extra memory. A later ``.to()``
     or state-dict load gives the parameters storage of their own again (the caches are dropped).
     """
-    fmt = torch.channels_last if params[0].dim() == 4 and _is_channels_last(params[0]) else torch.contiguous_format
+    fmt = memory_format(params[0])
     weight = torch.cat([p.detach() for p in params], dim=0).contiguous(memory_format=fmt)
     start = 0
     for p in params:

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ..backends import winograd
+from .layout import memory_format
 
 #: Bytes of one plane's transformed tiles per band of tile rows. 1 and 2 MiB measured equal on one
 #: thread (4 MiB and more slower: out of cache); 2 MiB keeps the elementwise transform ops above
@@ -116,7 +117,7 @@ def preferred(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """
     if (x.device.type != "cpu" or x.dtype not in DTYPES or weight.dtype != x.dtype or x.dim() != 5
             or tuple(weight.shape[2:]) != (3, 3, 3) or x.shape[3] % 2 or x.shape[4] % 2
-            or x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last_3d)):
+            or memory_format(x) != torch.channels_last_3d):
         return False
     forced = os.environ.get("KDTALKER_BF16_WINOGRAD3D", "").strip()
     if forced in ("0", "1"):
