@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from small_networks import SMALL_SPADE
 
-from kdtalker_core.backends import winograd
+from kdtalker_core.backends import allocator, winograd
 from kdtalker_core.networks.spade import (
     SPADE,
     SPADEDecoder,
@@ -338,5 +338,5 @@ def test_winograd_large_output_with_huge_page_hint() -> None:
     torch.testing.assert_close(got, F.conv2d(x, weight, bias, padding=1), atol=1e-5, rtol=1e-5)
     # The hint never changes what a tensor holds.
     filled = torch.arange(3 << 20, dtype=torch.float32)
-    winograd._advise_huge_pages(filled)
+    allocator.advise_huge_pages(filled)
     assert torch.equal(filled, torch.arange(3 << 20, dtype=torch.float32))

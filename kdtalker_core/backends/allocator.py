@@ -17,14 +17,15 @@ render, the caller's work included, was as fast but cost 3100 / 3488 MB.) float3
 defaults (:func:`wanted`): there the setting cost +400 MB against its memory target. Numbers do not
 change. A no-op where the C library is not glibc (macOS, Windows, musl).
 ``KDTALKER_KEEP_BLOCKS``: ``0`` never, ``1`` always (float32 too), unset: :func:`wanted`'s rule.
+:func:`advise_huge_pages` hints one large fresh tensor to transparent huge pages (Linux).
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 import os
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -50,18 +51,62 @@ _depth = 0
 
 
 @functools.lru_cache(maxsize=1)
-def _libc() -> ctypes.CDLL | None:
-    """glibc, when it is this process's C library and has mallopt / malloc_trim; else None."""
+def _process_libc() -> ctypes.CDLL | None:
+    """This process's C library (POSIX), or None."""
     if os.name != "posix":
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+
+@functools.lru_cache(maxsize=1)
+def _libc() -> ctypes.CDLL | None:
+    """glibc, when it is this process's C library and has mallopt / malloc_trim; else None."""
+    libc = _process_libc()
+    try:
         libc.gnu_get_libc_version  # noqa: B018 - present only in glibc
         libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
         libc.malloc_trim.argtypes = [ctypes.c_size_t]
         return libc
-    except (OSError, AttributeError):
+    except AttributeError:  # also: no C library (None)
         return None
+
+
+@functools.lru_cache(maxsize=1)
+def _madvise():  # type: ignore[no-untyped-def]
+    """madvise(addr, length, advice) on Linux (any C library), else None."""
+    libc = _process_libc() if sys.platform.startswith("linux") else None
+    fn = getattr(libc, "madvise", None)
+    if fn is not None:
+        fn.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+        fn.restype = ctypes.c_int
+    return fn
+
+
+_HUGE_PAGE = 2 << 20
+_MADV_HUGEPAGE = 14
+
+
+def advise_huge_pages(t: torch.Tensor) -> None:
+    """Ask Linux to back the untouched CPU tensor t with 2 MiB pages (a hint; errors are ignored).
+
+    A fresh multi-MiB allocation is faulted in 4 KiB pages on first write: about 0.35 ms per MiB
+    on the Zen 5 machine, 21 of the 130 ms of a 128->512 convolution at 256x256 (64 MiB output).
+    With transparent huge pages in ``madvise`` mode the hint cuts that about fivefold. Only the
+    whole 2 MiB pages inside t's storage are advised (nothing outside it).
+    """
+    madvise = _madvise() if t.device.type == "cpu" else None
+    if madvise is None:
+        return
+    storage = t.untyped_storage()
+    start = storage.data_ptr()
+    end = start + storage.nbytes()
+    lo = -(-start // _HUGE_PAGE) * _HUGE_PAGE
+    hi = end // _HUGE_PAGE * _HUGE_PAGE
+    if hi - lo >= 2 * _HUGE_PAGE:
+        madvise(lo, hi - lo, _MADV_HUGEPAGE)
 
 
 def available() -> bool:

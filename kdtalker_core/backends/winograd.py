@@ -18,18 +18,17 @@ four outputs of a tile. Error (bf16): about 3.5x the relative error of the direc
 convolution (the transformed input and weights are rounded to bf16): 5.7e-3 vs 1.7e-3 relative
 on unit-variance data, full-size 512->512 at 64x64.
 The output (tens of MiB on the decoder's large maps) is hinted to huge pages before it is
-written, which cuts its first-touch page-fault cost (see :func:`_advise_huge_pages`).
+written, which cuts its first-touch page-fault cost (see :func:`kdtalker_core.backends.allocator.advise_huge_pages`).
 ``KDTALKER_BF16_WINOGRAD=0|1`` turns it off / on whatever the shape rule says.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
-import sys
-from collections.abc import Callable
 
 import torch
+
+from . import allocator
 
 _G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
 _AT = ((1.0, 1.0, 1.0, 0.0), (0.0, 1.0, -1.0, -1.0))
@@ -91,44 +90,6 @@ def output_matrix(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return torch.einsum("ia,jb->ijab", at, at).reshape(4, 16).to(dtype=dtype, device=device)
 
 
-_HUGE_PAGE = 2 << 20
-_MADV_HUGEPAGE = 14
-
-
-def _load_madvise() -> Callable[[int, int, int], int] | None:
-    """libc's madvise(addr, length, advice) on Linux (None elsewhere or when it cannot be loaded)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).madvise
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_MADVISE = _load_madvise()
-
-
-def _advise_huge_pages(t: torch.Tensor) -> None:
-    """Ask Linux to back the untouched CPU tensor t with 2 MiB pages (a hint; errors are ignored).
-
-    A fresh multi-MiB allocation is faulted in 4 KiB pages on first write: about 0.35 ms per MiB
-    on the Zen 5 machine, 21 of the 130 ms of a 128->512 convolution at 256x256 (64 MiB output).
-    With transparent huge pages in ``madvise`` mode the hint cuts that about fivefold.
-    """
-    if _MADVISE is None or t.device.type != "cpu":
-        return
-    storage = t.untyped_storage()
-    start = storage.data_ptr()
-    end = start + storage.nbytes()
-    lo = -(-start // _HUGE_PAGE) * _HUGE_PAGE
-    hi = end // _HUGE_PAGE * _HUGE_PAGE
-    if hi - lo >= 2 * _HUGE_PAGE:
-        _MADVISE(lo, hi - lo, _MADV_HUGEPAGE)
-
-
 class BandScratch:
     """Buffers reused by :func:`transform_band` for bands of up to ``band`` tile rows of ``rows``
     input maps shaped like x (B,C,H,W) (or x's (H,W,C) planes): one zero-padded band of input rows
@@ -181,7 +142,7 @@ def conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None, band_by
     xl = x.permute(0, 2, 3, 1)  # (B, H, W, C) view
     a = output_matrix(x.dtype, x.device)
     out = torch.empty(b, cout, h, w, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
-    _advise_huge_pages(out)
+    allocator.advise_huge_pages(out)
     tiles = out.permute(0, 2, 3, 1).view(b, th, 2, tw, 2, cout)
     band = max(1, min(th, band_bytes // (16 * b * tw * max(c, cout) * x.element_size())))
     scratch = BandScratch(x, b, band)
