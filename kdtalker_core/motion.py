@@ -160,34 +160,6 @@ def _initial_noise(
     return torch.randn(shape, generator=generator, device=generator.device).to(device)
 
 
-def _sample_windows(denoiser: torch.nn.Module, padded: torch.Tensor, ori: torch.Tensor, ref: torch.Tensor,
-                    init_noise: torch.Tensor | None, generator: torch.Generator | None,
-                    alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, *, eta: float,
-                    token_dtype: torch.dtype, window: int, callback: WindowCallback | None,
-                    refs: list[torch.Tensor], samples: list[torch.Tensor]) -> None:
-    """The window loop of :func:`generate_motion_normalized`: appends each window's reference
-    token (70,) to ``refs`` and its sample (window,70) to ``samples``."""
-    device = padded.device
-    n_win = padded.shape[0] // window
-    n_steps = int(timesteps.shape[0])
-    for k in range(n_win):
-        feat_k = padded[k * window:(k + 1) * window].unsqueeze(0)
-        if init_noise is not None:
-            x_T = init_noise[k].unsqueeze(0).to(device=device, dtype=torch.float32)
-        else:
-            x_T = _initial_noise((1, window, MOTION_DIM), generator, device)
-        eps_fn = denoiser.window_eps_fn(ori, ref.to(token_dtype), feat_k)
-        step_cb = None
-        if callback is not None:
-            def step_cb(i: int, _t: int, _x: torch.Tensor, _k: int = k) -> None:
-                callback(_k, n_win, i, n_steps)
-        x0 = sample_ddim(eps_fn, x_T, alphas_cumprod, timesteps, eta=eta, generator=generator,
-                         callback=step_cb).float()
-        refs.append(ref[0])
-        samples.append(x0[0])
-        ref = x0[:, -1]
-
-
 def generate_motion_normalized(
     denoiser: torch.nn.Module,
     input_x: torch.Tensor,
@@ -239,6 +211,7 @@ def generate_motion_normalized(
         )
     alphas_cumprod = linear_alphas_cumprod().to(device)
     timesteps = ddim_timesteps(steps)
+    n_steps = int(timesteps.shape[0])
     padded = padded.to(device=device, dtype=token_dtype)
     ori = ori_kp.reshape(1, MOTION_DIM).to(device=device, dtype=token_dtype)
     ref = input_x.reshape(1, MOTION_DIM).to(device=device, dtype=torch.float32)
@@ -246,9 +219,22 @@ def generate_motion_normalized(
     refs: list[torch.Tensor] = []
     samples: list[torch.Tensor] = []
     try:
-        _sample_windows(denoiser, padded, ori, ref, init_noise, generator, alphas_cumprod, timesteps,
-                        eta=eta, token_dtype=token_dtype, window=window, callback=callback,
-                        refs=refs, samples=samples)
+        for k in range(n_win):
+            feat_k = padded[k * window:(k + 1) * window].unsqueeze(0)
+            if init_noise is not None:
+                x_T = init_noise[k].unsqueeze(0).to(device=device, dtype=torch.float32)
+            else:
+                x_T = _initial_noise((1, window, MOTION_DIM), generator, device)
+            eps_fn = denoiser.window_eps_fn(ori, ref.to(token_dtype), feat_k)
+            step_cb = None
+            if callback is not None:
+                def step_cb(i: int, _t: int, _x: torch.Tensor, _k: int = k) -> None:
+                    callback(_k, n_win, i, n_steps)
+            x0 = sample_ddim(eps_fn, x_T, alphas_cumprod, timesteps, eta=eta, generator=generator,
+                             callback=step_cb).float()
+            refs.append(ref[0])
+            samples.append(x0[0])
+            ref = x0[:, -1]
     finally:
         release = getattr(denoiser, "release_packed_weights", None)
         if release is not None:  # the packed copy is not needed while frames render

@@ -247,36 +247,25 @@ def render_frames(
         warping_network, spade_decoder = compile_networks(warping_network, spade_decoder)
     use_autocast = dtype != weights_dtype  # float32 weights, reduced compute dtype: legacy path
     autocast = torch.autocast(device.type, dtype=dtype) if use_autocast else nullcontext()
-    # CPU, reduced precision: large freed maps stay in the heap for the next frame (no page faults).
-    with allocator.reuse_large_blocks(allocator.wanted(device, dtype)) as reuse:
-        yield from _render_chunks(warping_network, spade_decoder, feature_3d, kp_source, kp_driving,
-                                  chunk_size=chunk_size, micro_batch=micro_batch, autocast=autocast,
-                                  winograd=winograd, callback=callback, reuse=reuse)
-
-
-def _render_chunks(warping_network: torch.nn.Module, spade_decoder: torch.nn.Module, feature_3d: torch.Tensor,
-                   kp_source: torch.Tensor, kp_driving: torch.Tensor, *, chunk_size: int, micro_batch: int,
-                   autocast, winograd: bool, callback: Callable[[int, int], None] | None,
-                   reuse: bool = False) -> Iterator[torch.Tensor]:
-    """The chunk loop of :func:`render_frames` (arguments already checked and placed). ``reuse``:
-    the networks' large blocks come from the heap while a chunk is computed (not while the caller
-    holds it; see :mod:`kdtalker_core.backends.allocator`)."""
     total = kp_driving.shape[0]
     done = 0
-    while done < total:
-        stop = min(total, done + chunk_size)
-        parts = []
-        with (torch.inference_mode(), autocast, winograd_convolutions(winograd),
-              allocator.large_blocks_from_heap(reuse)):
-            for start in range(done, stop, micro_batch):
-                end = min(stop, start + micro_batch)
-                warped = warping_network(feature_3d, kp_driving[start:end], kp_source)["out"]
-                parts.append(spade_decoder(warped).float().permute(0, 2, 3, 1))
-                if callback is not None:  # after every micro-batch: a cancel lands within one of them
-                    callback(end, total)
-        frames = torch.cat(parts) if len(parts) > 1 else parts[0].contiguous()
-        done = stop
-        yield frames
+    # CPU, reduced precision: the networks' large freed maps stay in the heap for the next frame
+    # (no page faults); between chunks, while the caller holds one, glibc's defaults apply.
+    with allocator.reuse_large_blocks(allocator.wanted(device, dtype)) as reuse:
+        while done < total:
+            stop = min(total, done + chunk_size)
+            parts = []
+            with (torch.inference_mode(), autocast, winograd_convolutions(winograd),
+                  allocator.large_blocks_from_heap(reuse)):
+                for start in range(done, stop, micro_batch):
+                    end = min(stop, start + micro_batch)
+                    warped = warping_network(feature_3d, kp_driving[start:end], kp_source)["out"]
+                    parts.append(spade_decoder(warped).float().permute(0, 2, 3, 1))
+                    if callback is not None:  # after every micro-batch: a cancel lands within one of them
+                        callback(end, total)
+            frames = torch.cat(parts) if len(parts) > 1 else parts[0].contiguous()
+            done = stop
+            yield frames
 
 
 def render_all(
