@@ -253,6 +253,28 @@ def test_conv3x3_uses_winograd_only_with_a_cache(monkeypatch: pytest.MonkeyPatch
     assert _rel(got, F.conv2d(x.float(), weight.float(), padding=1)) < 1.2e-2
 
 
+def test_shared_conv_and_branch_slices_take_winograd(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A middle block at full resolution: its shared SPADE convolution (factor 1) and the
+    # gamma/beta convolutions, which read channel slices of the shared activation map, go through
+    # Winograd (cached on the block and on each SPADE) and stay within bf16 Winograd error.
+    torch.manual_seed(26)
+    block = SPADEResnetBlock(8, 8, 6).eval()
+    for m in block.modules():
+        if isinstance(m, SpectralNormConv2d):
+            m.fuse()
+    x = torch.randn(1, 8, 12, 12)
+    seg = torch.randn(1, 6, 12, 12)
+    with torch.no_grad():
+        reference = block(x, seg)
+        block.to(torch.bfloat16, memory_format=torch.channels_last)
+        args = [t.to(torch.bfloat16, memory_format=torch.channels_last) for t in (x, seg)]
+        monkeypatch.setenv("KDTALKER_BF16_WINOGRAD", "1")
+        fast = block(*args).float()
+    assert "winograd_shared" in block._kernel_cache
+    assert all("winograd" in n._kernel_cache for n in (block.norm_0, block.norm_1))
+    assert _rel(fast, reference) < 2.5e-2
+
+
 def test_bf16_decoder_with_winograd_stays_close_to_float32(monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(25)
     decoder = SPADEDecoder(**SMALL_SPADE).eval().fuse_spectral_norm()
