@@ -1,8 +1,10 @@
 """Fast paths of the warping network W against the plain PyTorch computations they replace.
 
 Phase-split upsampling convolution (UpBlock3d), BatchNorm folding, the FFT form of the 7x7x7 mask
-convolution, the depth-spanning occlusion convolution and the separable keypoint Gaussians: each
-is compared with F.interpolate / F.conv3d / F.batch_norm on float32 and bf16, batch 1 and 2,
+convolution, the occlusion convolution (one product and fold; per depth slice; depth-spanning
+conv3d), the separable keypoint Gaussians and motions, the separable sampling of the translated
+keypoint motions and the hourglass input built in one buffer: each is compared with F.interpolate /
+F.conv3d / F.grid_sample / F.batch_norm / torch.cat on float32 and bf16, batch 1 and 2,
 channels-last-3d and not.
 """
 
@@ -24,13 +26,21 @@ from kdtalker_core.networks.blocks import (
     coordinate_grid_3d,
     grid_keypoint_gaussians,
     keypoint_gaussians,
+    to_compute,
 )
 from kdtalker_core.networks.dense_motion import (
     FFT_MASK_DTYPES,
     FFT_MASK_MIN_PIXELS,
     DenseMotionNetwork,
+    deformation_from,
+    depth_folded_taps,
     flipped_taps,
+    linear_sampling_matrix,
+    sample_translated,
+    sample_volume,
     single_output_conv2d,
+    single_output_conv_channels_last,
+    to_layout,
 )
 from kdtalker_core.networks.fast_conv3d import PHASE_MIN_PIXELS, KernelCache, fold_batchnorm
 from kdtalker_core.networks.fft_conv3d import fft_conv3d, fft_kernels
@@ -197,23 +207,52 @@ def test_mask_fft_form_matches_the_mask_conv_on_large_maps(dtype: torch.dtype, c
     assert _rel(out, ref) <= (FP32_REL if dtype == torch.float32 else 1e-2)
 
 
-@pytest.mark.parametrize(("dtype", "batch"), [(torch.float32, 1), (torch.bfloat16, 2)])
-def test_occlusion_as_depth_spanning_conv3d(dtype: torch.dtype, batch: int) -> None:
+def _channels_last_dense_motion(dtype: torch.dtype) -> DenseMotionNetwork:
     dm = copy.deepcopy(_dense_motion()).to(dtype)
     dm.channels_last = True
     for p in dm.parameters():
         if p.dim() in (4, 5):
             p.data = p.data.contiguous(
                 memory_format=torch.channels_last if p.dim() == 4 else torch.channels_last_3d)
+    return dm
+
+
+@pytest.mark.parametrize(("dtype", "batch"), [(torch.float32, 1), (torch.bfloat16, 2)])
+def test_occlusion_channels_last_as_depth_slice_products(dtype: torch.dtype, batch: int) -> None:
+    dm = _channels_last_dense_motion(dtype)
     c, d = dm.hourglass.out_filters, 8
-    pred = _layout(torch.randn(batch, c, d, 16, 16), dtype, True)
+    pred = _layout(torch.relu(torch.randn(batch, c, d, 16, 16)), dtype, True)
+    weight, bias = dm.occlusion.weight, dm.occlusion.bias
     with torch.no_grad():
         out = dm.occlusion_logits(pred)
-        ref = F.conv2d(pred.float().reshape(batch, c * d, 16, 16), dm.occlusion.weight.float(),
-                       dm.occlusion.bias.float(), padding=3)
-    assert ("occlusion_3d", d) in dm._kernel_cache
-    assert out.shape == (batch, 1, 16, 16)
-    assert _rel(out, ref) <= (FP32_REL if dtype == torch.float32 else 1e-2)
+        ref = F.conv2d(pred.double().reshape(batch, c * d, 16, 16), weight.double(), bias.double(), padding=3)
+        plain = F.conv2d(pred.reshape(batch, c * d, 16, 16), weight, bias, padding=3)  # oneDNN in dtype
+    assert ("occlusion_depth_taps", d) in dm._kernel_cache
+    assert out.shape == (batch, 1, 16, 16) and out.dtype == torch.float32
+    if dtype == torch.float32:
+        assert _rel(out, ref) <= FP32_REL
+    else:  # tap planes rounded to bf16 once: no worse than the bf16 convolution's own output rounding
+        assert _rel(out, ref) <= min(2 * _rel(plain, ref) + 1e-3, 1e-2)
+
+
+def test_occlusion_depth_spanning_conv3d_outside_inference() -> None:
+    dm = _channels_last_dense_motion(torch.float32).train()  # training: not the depth-slice products
+    c, d = dm.hourglass.out_filters, 8
+    pred = _layout(torch.randn(2, c, d, 16, 16), torch.float32, True)
+    with torch.no_grad():
+        out = dm.occlusion_logits(pred)
+        ref = F.conv2d(pred.reshape(2, c * d, 16, 16), dm.occlusion.weight, dm.occlusion.bias, padding=3)
+    assert ("occlusion_3d", d) in dm._kernel_cache and ("occlusion_depth_taps", d) not in dm._kernel_cache
+    assert _rel(out, ref) <= FP32_REL
+
+
+def test_single_output_conv_channels_last_rejects_other_paddings() -> None:
+    w = torch.randn(1, 6, 5, 5)
+    x = _layout(torch.randn(2, 3, 2, 9, 7), torch.float32, True)
+    with pytest.raises(ValueError, match="same"):
+        single_output_conv_channels_last(x, depth_folded_taps(w, 2), None, (5, 5), (1, 1))
+    torch.testing.assert_close(single_output_conv_channels_last(x, depth_folded_taps(w, 2), None, (5, 5), (2, 2)),
+                               F.conv2d(x.reshape(2, 6, 9, 7), w, padding=2), atol=1e-5, rtol=1e-5)
 
 
 def test_separable_gaussians_and_sparse_motions() -> None:
@@ -228,6 +267,11 @@ def test_separable_gaussians_and_sparse_motions() -> None:
     motions = dm.sparse_motions(size, kd, ks)
     assert torch.equal(motions[:, 0], grid.expand(2, *grid.shape))
     assert torch.equal(motions[:, 1:], (grid[None, None] - kd[:, :, None, None, None]) + ks[:, :, None, None, None])
+    # The deformation contracts the softmax mask with the motions; computed per axis without them.
+    mask = torch.softmax(torch.randn(2, 22, *size), dim=1)
+    for source in (ks, ks.expand(2, -1, -1) + 0.01):
+        expected = torch.einsum("bkdhw,bkdhwc->bdhwc", mask, dm.sparse_motions(size, kd, source))
+        torch.testing.assert_close(deformation_from(mask, kd, source), expected, atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.parametrize("batch", [1, 2])
@@ -367,3 +411,86 @@ def test_conv_norm_runs_winograd3d_with_the_folded_norm(monkeypatch: pytest.Monk
         holder._kernel_cache.clear()
         conv_norm(conv, norm, x, holder)
         assert "winograd3d" not in holder._kernel_cache
+
+
+# --- separable sampling of the translated keypoint motions, and the hourglass input (networks/dense_motion.py) -------
+
+
+def test_linear_sampling_matrix_equals_grid_sample_along_one_axis() -> None:
+    gen = torch.Generator().manual_seed(21)
+    n = 9
+    coords = torch.linspace(-1.4, 1.4, 23)  # includes samples with one or both taps outside [0, n)
+    values = torch.randn(n, generator=gen)
+    grid = torch.stack([coords, torch.zeros_like(coords)], -1).view(1, 1, -1, 2)
+    expected = F.grid_sample(values.view(1, 1, 1, n), grid, align_corners=False).view(-1)
+    matrix = linear_sampling_matrix(coords, n)
+    assert matrix.shape == (23, n)
+    assert (matrix >= 0).all() and (matrix.sum(-1) <= 1 + 1e-6).all() and (matrix[0] == 0).all()
+    torch.testing.assert_close(matrix @ values, expected, atol=1e-6, rtol=1e-6)
+
+
+def _motions(size: tuple[int, int, int], kd: torch.Tensor, ks: torch.Tensor) -> torch.Tensor:
+    """The K+1 motions built plainly from the 3D identity grid: (B,K+1,D,H,W,3)."""
+    grid = coordinate_grid_3d(size, torch.float32)
+    shifted = (grid[None, None] - kd[:, :, None, None, None]) + ks[:, :, None, None, None]
+    return torch.cat([grid.expand(kd.shape[0], 1, *grid.shape), shifted], 1)
+
+
+@pytest.mark.parametrize(("volume_batch", "batch", "source_batch", "size"),
+                         [(1, 1, 1, (5, 12, 9)), (1, 2, 1, (6, 10, 8)), (2, 2, 2, (4, 8, 7)), (2, 2, 1, (3, 7, 6))])
+def test_sample_translated_equals_sampling_the_motions(volume_batch: int, batch: int, source_batch: int,
+                                                       size: tuple[int, int, int]) -> None:
+    gen = torch.Generator().manual_seed(22)
+    volume = torch.randn(volume_batch, 3, *size, generator=gen)
+    kd = 0.7 * torch.randn(batch, 21, 3, generator=gen)  # shifts up to ~2: many taps fall outside
+    ks = 0.7 * torch.randn(source_batch, 21, 3, generator=gen)
+    motions = _motions(size, kd, ks)
+    expected = sample_volume(volume, motions)
+    scale = float(expected.abs().max())
+    out = sample_translated(volume, kd, ks)
+    assert out.shape == expected.shape == (batch, 22, 3, *size) and out.dtype == torch.float32
+    torch.testing.assert_close(out, expected, atol=1e-6 * scale, rtol=0)
+    assert (expected == 0).any() and torch.equal(out == 0, expected == 0)  # the same taps read zeros
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)  # groups of 3 motions, the last one shorter
+        buffer = torch.full((batch, 22, 4, *size), 7.0)
+        sample_translated(volume, kd, ks, out=buffer[:, :, 1:])  # items contiguous, the whole not
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(buffer[:, :, 1:], expected, atol=1e-6 * scale, rtol=0)
+    assert (buffer[:, :, 0] == 7).all()
+    low = sample_translated(_layout(volume, torch.bfloat16, True), kd, ks,
+                            out=torch.empty(batch, 22, 3, *size, dtype=torch.bfloat16))  # cast on store
+    ref_low = sample_volume(volume.bfloat16(), motions).bfloat16()
+    torch.testing.assert_close(low.float(), ref_low.float(), atol=2 ** -7 * scale, rtol=0)  # one rounding
+    with pytest.raises(ValueError, match="batch"):
+        sample_translated(torch.randn(3, 3, *size), kd, ks)
+
+
+@pytest.mark.parametrize(("dtype", "channels_last"), [(torch.float32, False), (torch.float32, True),
+                                                      (torch.bfloat16, True)])
+def test_motion_input_equals_cat_of_heatmaps_and_sampled_volume(dtype: torch.dtype, channels_last: bool) -> None:
+    dm = _dense_motion()
+    gen = torch.Generator().manual_seed(23)
+    size = (4, 8, 8)
+    compressed = torch.relu(torch.randn(1, 2, *size, generator=gen))
+    ks = 0.6 * torch.rand(1, 21, 3, generator=gen) - 0.3
+    kd = ks + 0.03 * torch.randn(2, 21, 3, generator=gen)
+    heat = dm.heatmaps(size, kd, ks)
+    deformed = sample_volume(compressed, _motions(size, kd, ks))
+    expected = to_compute(torch.cat([heat, deformed], dim=2).reshape(2, -1, *size), dtype, channels_last)
+    out = to_layout(dm.motion_input(compressed, kd, ks, dtype), dtype, channels_last)
+    assert out.shape == expected.shape == (2, 22 * 3, *size) and out.dtype == dtype
+    assert out.stride() == expected.stride()
+    ulp = 1e-6 if dtype == torch.float32 else 2 ** -8
+    torch.testing.assert_close(out.float(), expected.float(), atol=ulp * float(expected.abs().max()), rtol=0)
+    assert torch.equal(out[:, ::3], expected[:, ::3])  # the heatmap channels, no sampling involved
+
+
+@pytest.mark.parametrize(("dtype", "batch"), [(torch.float32, 1), (torch.bfloat16, 2)])
+def test_to_layout_equals_to_compute(dtype: torch.dtype, batch: int) -> None:
+    x = torch.randn(batch, 110, 3, 8, 10)
+    for channels_last in (False, True):
+        out, expected = to_layout(x, dtype, channels_last), to_compute(x, dtype, channels_last)
+        assert torch.equal(out, expected) and out.stride() == expected.stride() and out.dtype == dtype
