@@ -173,6 +173,24 @@ def test_up_block_folds_the_upsample(dtype: torch.dtype, tol: float, batch: int,
     assert _rel(plain, reference) < tol
 
 
+@pytest.mark.parametrize("upsample", [1, 2])
+def test_learned_shortcut_moves_beta_through_conv_s(upsample: int) -> None:
+    # conv_s(x_norm * (1 + gamma) + beta) computed as conv_s(x_norm * (1 + gamma)) + conv3x3(actv, W_s . W_beta).
+    torch.manual_seed(27)
+    block = SPADEResnetBlock(8, 4, 6).eval()
+    x_norm = torch.randn(2, 8, 5, 5)
+    actv = torch.relu(torch.randn(2, 128, 5 * upsample, 5 * upsample))
+    with torch.no_grad():
+        got = block.learned_shortcut_from(x_norm, actv)
+        full = F.interpolate(x_norm, scale_factor=float(upsample), mode="nearest")
+        gamma = F.conv2d(actv, block.norm_s.mlp_gamma.weight, block.norm_s.mlp_gamma.bias, padding=1)
+        beta = F.conv2d(actv, block.norm_s.mlp_beta.weight, block.norm_s.mlp_beta.bias, padding=1)
+        expected = F.conv2d(full * (1 + gamma) + beta, block.conv_s.weight())
+    assert got.shape == (2, 4, 5 * upsample, 5 * upsample)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert block._kernel_cache["shortcut"][0].shape == (8 + 4, 128, 3, 3)
+
+
 # ---------------------------------------------------------------- bf16 Winograd F(2,3)
 
 @pytest.mark.parametrize("batch", [1, 2])
