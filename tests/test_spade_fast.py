@@ -369,6 +369,20 @@ def test_winograd_uneven_bands_and_strided_input_in_float32(batch: int, fmt: tor
     assert torch.equal(winograd.conv3x3(x, u, bias, band_bytes=band_bytes), got)
 
 
+@pytest.mark.parametrize("split", [2, 3, 5])
+def test_winograd_parts_are_dense_slices_of_the_whole(split: int) -> None:
+    # Each part its own dense channels-last map, equal bit for bit to the channels of one output.
+    x = _map((2, 6, 8, 10), torch.bfloat16, torch.channels_last, 43)
+    u = winograd.transform_weight(_map((5, 6, 3, 3), torch.bfloat16, torch.contiguous_format, 44))
+    bias = _map((5,), torch.bfloat16, torch.contiguous_format, 45)
+    whole = winograd.conv3x3(x, u, bias, band_bytes=2000)
+    parts = winograd.conv3x3_parts(x, u, bias, split, band_bytes=2000)
+    assert [p.shape[1] for p in parts] == [min(split, 5 - c) for c in range(0, 5, split)]
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in parts)
+    assert len({p.untyped_storage().data_ptr() for p in parts}) == len(parts)
+    assert torch.equal(torch.cat(parts, dim=1), whole)
+
+
 def test_winograd_large_output_with_huge_page_hint() -> None:
     # 8 MiB float32 output: conv3x3 advises huge pages for it before the first write.
     x = _map((1, 4, 256, 256), torch.float32, torch.channels_last, 43)

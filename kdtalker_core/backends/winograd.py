@@ -136,14 +136,32 @@ def conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None, band_by
     stay in cache: 8 MiB measured up to 1.9x faster than one band on 128x128 maps. Each band is
     zero-padded into a small reused buffer (no padded copy of the whole map).
     """
+    return conv3x3_parts(x, u, bias, None, band_bytes)[0]
+
+
+def conv3x3_parts(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None, split: int | None,
+                  band_bytes: int = BAND_BYTES) -> list[torch.Tensor]:
+    """:func:`conv3x3` with the output channels cut into parts of ``split`` channels, each its own
+    dense channels-last tensor (B,split,H,W) (``split`` None: one part).
+
+    Smaller blocks for the same work: glibc serves a block of 64 MiB or more from a thread other
+    than the main one with a fresh ``mmap`` every time (a thread's heap holds at most 64 MiB), whose
+    pages are faulted in again on every frame; the decoder's largest Winograd output at 512 px,
+    (1,512,256,256) bf16 gamma/beta, is exactly 64 MiB, its two halves are not.
+    """
     b, c, h, w = x.shape
     cout = u.shape[2]
+    split = cout if split is None else split
     th, tw = h // 2, w // 2
     xl = x.permute(0, 2, 3, 1)  # (B, H, W, C) view
     a = output_matrix(x.dtype, x.device)
-    out = torch.empty(b, cout, h, w, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
-    allocator.advise_huge_pages(out)
-    tiles = out.permute(0, 2, 3, 1).view(b, th, 2, tw, 2, cout)
+    parts = []
+    for c0 in range(0, cout, split):
+        part = torch.empty(b, min(split, cout - c0), h, w, dtype=x.dtype, device=x.device,
+                           memory_format=torch.channels_last)
+        allocator.advise_huge_pages(part)
+        parts.append(part)
+    tiles = [p.permute(0, 2, 3, 1).view(b, th, 2, tw, 2, p.shape[1]) for p in parts]
     band = max(1, min(th, band_bytes // (16 * b * tw * max(c, cout) * x.element_size())))
     scratch = BandScratch(x, b, band)
     # Scratch reused by every band (flat, so that a shorter last band still gets contiguous views).
@@ -160,8 +178,10 @@ def conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None, band_by
             m[BIAS_POINT].add_(bias)
         y = y_buf[:4 * b * n * tw * cout].view(4, b * n * tw * cout)
         torch.mm(a, m.view(16, -1), out=y)
-        tiles[:, t0:t0 + n].copy_(y.view(2, 2, b, n, tw, cout).permute(2, 3, 0, 4, 1, 5))
-    return out
+        y6 = y.view(2, 2, b, n, tw, cout).permute(2, 3, 0, 4, 1, 5)
+        for k, t in enumerate(tiles):
+            t[:, t0:t0 + n].copy_(y6[..., k * split: k * split + t.shape[-1]])
+    return parts
 
 
 def preferred(x: torch.Tensor, weight: torch.Tensor) -> bool:

@@ -92,14 +92,26 @@ def conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     with the transformed weight kept in ``cache`` under ``key`` (only when a cache is given).
     Everything else: ``F.conv2d``.
     """
+    return conv3x3_split(x, weight, bias, None, cache, key)[0]
+
+
+def conv3x3_split(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, split: int | None,
+                  cache: KernelCache | None = None, key: object = "winograd") -> list[torch.Tensor]:
+    """:func:`conv3x3` with its output channels in parts of ``split`` (None: one part).
+
+    Winograd writes each part as its own dense map (:func:`kdtalker_core.backends.winograd.conv3x3_parts`:
+    no block of 64 MiB or more); the other paths return channel views of one output.
+    """
     if torch.compiler.is_compiling() or x.device.type != "cpu" or torch.is_autocast_enabled("cpu"):
-        return F.conv2d(x, weight, bias, padding=1)
-    if _WINOGRAD.get() and x.dtype == torch.float32 and weight.dtype == torch.float32:
-        return nnpack.conv3x3(x, weight, bias)
-    if cache is not None and _channels_innermost(x) and winograd.preferred(x, weight):
+        out = F.conv2d(x, weight, bias, padding=1)
+    elif _WINOGRAD.get() and x.dtype == torch.float32 and weight.dtype == torch.float32:
+        out = nnpack.conv3x3(x, weight, bias)
+    elif cache is not None and _channels_innermost(x) and winograd.preferred(x, weight):
         u = cache.cached(key, lambda: winograd.transform_weight(weight))
-        return winograd.conv3x3(x, u, bias)
-    return F.conv2d(x, weight, bias, padding=1)
+        return winograd.conv3x3_parts(x, u, bias, split)
+    else:
+        out = F.conv2d(x, weight, bias, padding=1)
+    return [out] if split is None else list(out.split(split, dim=1))
 
 
 class SpectralNormConv2d(KernelCache):
@@ -452,7 +464,7 @@ class SPADE(KernelCache):
         longer needs it; saves an allocation).
         """
         weight, bias = self.gamma_beta()
-        gamma1, beta = conv3x3(actv, weight, bias, cache=self).chunk(2, dim=1)
+        gamma1, beta = conv3x3_split(actv, weight, bias, weight.shape[0] // 2, cache=self)
         return _modulated(normalized, gamma1, beta, inplace)
 
     def forward(self, x: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
