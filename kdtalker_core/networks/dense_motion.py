@@ -193,11 +193,12 @@ def to_layout(x: torch.Tensor, dtype: torch.dtype, channels_last: bool) -> torch
 
 
 #: The ``mask`` convolution runs as :func:`~.fft_conv3d.fft_conv3d` on the CPU when H * W is at
-#: least this and the network runs in one of :data:`FFT_MASK_DTYPES`. Measured on a 2-core AVX-512
-#: (avx512_bf16) EPYC, 1 thread, full size: float32 270-290 ms instead of 715-757 ms. From bf16
-#: channels-last input (float32 inside) 300-330 ms instead of 370-400 ms; at 2 threads W 0.477 ->
-#: 0.452 s a frame. Its 46 MB of float32 transformed kernels and float32 work buffers add ~60 MB to
-#: W's bf16 peak, which stays far below the float32 pipeline's, so bf16 uses it too.
+#: least this and the network runs in one of :data:`FFT_MASK_DTYPES`. Measured on a 2-core Zen 5
+#: EPYC VM (avx512_bf16), 1 thread, full size: float32 136-146 ms (direct conv 715-757 ms); bf16
+#: channels-last input 122-131 ms (oneDNN's direct bf16 conv 413-428 ms); W 1.50 -> 1.34 s (fp32),
+#: 0.78 -> 0.57 s (bf16) a frame at 1 thread. Caches 44.7 MiB float32 kernels (float32) or 70.2 MiB
+#: bf16 3D kernels (bf16); one call adds 50 / 98 MiB of work memory. At 32x32 the FFT form is as
+#: fast as the old one in float32 and faster in bf16; at 16x16 the direct convolution wins.
 FFT_MASK_MIN_PIXELS = 32 * 32
 FFT_MASK_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16)
 
