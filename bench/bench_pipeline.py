@@ -208,7 +208,7 @@ def render_flops(models, render_s: float) -> dict:
     counter = FlopCounterMode(display=False)
     with counter:
         list(render.render_frames(models.warping_network, models.spade_decoder, feature, kp_s, kp_d,
-                                  dtype=models.dtype, winograd=False))
+                                  dtype=models.dtype, winograd=False, frame_threads=1))  # counted on this thread
     executed = counter.get_total_flops() / 1e9
     probe = _probe_rate(dev, models.dtype)
     return {

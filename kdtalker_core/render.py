@@ -14,6 +14,7 @@ the networks. float32 networks that were not prepared keep the official layout (
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import shutil
@@ -28,6 +29,8 @@ from torch import nn
 
 from .backends import allocator, nnpack
 from .errors import InputError
+from .frame_threads import frame_pool, map_in_order
+from .frame_threads import frame_threads as threads_for_frames
 from .networks.dense_motion import DenseMotionNetwork
 from .networks.spade import SPADEDecoder, SpectralNormConv2d, winograd_convolutions
 from .networks.warping import WarpingNetwork
@@ -187,6 +190,11 @@ def _validate(feature_3d: torch.Tensor, kp_source: torch.Tensor, kp_driving: tor
     return kp_source, kp_driving
 
 
+def _progress(callback: Callable[[int, int], None], first: int, total: int, k: int) -> None:
+    """``callback(first + k, total)``: progress after the k-th frame of a chunk starting at ``first``."""
+    callback(first + k, total)
+
+
 def render_frames(
     warping_network: torch.nn.Module,
     spade_decoder: torch.nn.Module,
@@ -200,6 +208,7 @@ def render_frames(
     winograd: bool | None = None,
     micro_batch: int | None = None,
     compile: bool | None = None,
+    frame_threads: int | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield rendered frames chunk by chunk.
 
@@ -219,6 +228,9 @@ def render_frames(
     ``micro_batch`` frames go through the networks at once (default: 1 on CPU, where batching
     was measured 10-15% slower per frame, else ``chunk_size``); the numbers do not depend on it.
     ``compile`` (default :func:`default_compile`) runs the networks through :func:`compile_networks`.
+    ``frame_threads`` frames render side by side, one per thread with one intra-op thread each
+    (default :func:`kdtalker_core.frame_threads.frame_threads`: on a CPU in bf16, one per
+    intra-op thread; the numbers do not depend on it); the callback still comes in frame order.
     """
     weights_dtype = network_dtype(spade_decoder)
     dtype = weights_dtype if dtype is None else dtype
@@ -246,23 +258,35 @@ def render_frames(
     if compile:
         warping_network, spade_decoder = compile_networks(warping_network, spade_decoder)
     use_autocast = dtype != weights_dtype  # float32 weights, reduced compute dtype: legacy path
-    autocast = torch.autocast(device.type, dtype=dtype) if use_autocast else nullcontext()
     total = kp_driving.shape[0]
     done = 0
     # CPU, reduced precision: the networks' large freed maps stay in the heap for the next frame
     # (no page faults); between chunks, while the caller holds one, glibc's defaults apply.
-    with allocator.reuse_large_blocks(allocator.wanted(device, dtype)) as reuse:
+    workers = threads_for_frames(device, dtype) if frame_threads is None else max(1, int(frame_threads))
+
+    def render_batch(start: int, end: int) -> torch.Tensor:
+        # Thread-local state (inference mode, autocast, the NNPACK switch) is entered here, so
+        # that this also runs on a frame thread.
+        autocast = torch.autocast(device.type, dtype=dtype) if use_autocast else nullcontext()
+        with torch.inference_mode(), autocast, winograd_convolutions(winograd):
+            warped = warping_network(feature_3d, kp_driving[start:end], kp_source)["out"]
+            return spade_decoder(warped).float().permute(0, 2, 3, 1)
+
+    with (allocator.reuse_large_blocks(allocator.wanted(device, dtype)) as reuse,
+          frame_pool(workers) as pool):
         while done < total:
             stop = min(total, done + chunk_size)
-            parts = []
-            with (torch.inference_mode(), autocast, winograd_convolutions(winograd),
-                  allocator.large_blocks_from_heap(reuse)):
-                for start in range(done, stop, micro_batch):
-                    end = min(stop, start + micro_batch)
-                    warped = warping_network(feature_3d, kp_driving[start:end], kp_source)["out"]
-                    parts.append(spade_decoder(warped).float().permute(0, 2, 3, 1))
-                    if callback is not None:  # after every micro-batch: a cancel lands within one of them
-                        callback(end, total)
+            with allocator.large_blocks_from_heap(reuse):
+                if pool is not None:  # one frame per thread, side by side; callback after each frame
+                    on_frame = None if callback is None else functools.partial(_progress, callback, done, total)
+                    parts = map_in_order(pool, workers, lambda i: render_batch(i, i + 1), range(done, stop), on_frame)
+                else:
+                    parts = []
+                    for start in range(done, stop, micro_batch):
+                        end = min(stop, start + micro_batch)
+                        parts.append(render_batch(start, end))
+                        if callback is not None:  # after every micro-batch: a cancel lands within one of them
+                            callback(end, total)
             frames = torch.cat(parts) if len(parts) > 1 else parts[0].contiguous()
             done = stop
             yield frames

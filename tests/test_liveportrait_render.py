@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import warnings
 from pathlib import Path
 
@@ -152,6 +153,40 @@ def test_render_chunks_callback_and_cancel(small_render_setup: dict) -> None:
     finally:
         hook.remove()
     assert warps == [1], "a cancel raised from the callback stops after the frame in flight, not the chunk"
+
+
+def test_frames_side_by_side_on_threads_match_one_at_a_time(small_render_setup: dict) -> None:
+    # Two frames at once, each on its own thread with one intra-op thread: same frames, progress
+    # still in frame order, a cancel stops after the frames in flight, and the caller's thread
+    # count is left as it was.
+    s = small_render_setup
+    args = (s["warp"], s["decoder"], s["feature"], s["kp_source"], s["kp_driving"])
+    threads = torch.get_num_threads()
+    one = render_all(*args, chunk_size=4, frame_threads=1)
+    seen: list[tuple[int, int]] = []
+    warps: list[str] = []
+    hook = s["warp"].register_forward_hook(lambda *_: warps.append(threading.current_thread().name))
+    try:
+        two = render_all(*args, chunk_size=4, frame_threads=2, callback=lambda d, t: seen.append((d, t)))
+    finally:
+        hook.remove()
+    torch.testing.assert_close(two, one, atol=5e-5, rtol=0)
+    assert seen == [(k, 5) for k in range(1, 6)]
+    assert all(name.startswith("kdtalker-frame") for name in warps) and len(warps) == 5
+    assert torch.get_num_threads() == threads
+
+    def cancel(done: int, total: int) -> None:
+        raise KeyboardInterrupt("cancelled")
+
+    warps.clear()
+    hook = s["warp"].register_forward_hook(lambda *_: warps.append("w"))
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            render_all(*args, chunk_size=4, frame_threads=2, callback=cancel)
+    finally:
+        hook.remove()
+    assert 1 <= len(warps) <= 3, "a cancel lands within the frames in flight, not the chunk"
+    assert torch.get_num_threads() == threads
 
 
 def test_render_bfloat16_close_to_float32() -> None:
