@@ -393,9 +393,9 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
         return torch.cat([normalize(x[i:i + 1]) for i in range(x.shape[0])])
 
 
-def _modulated(normalized: torch.Tensor, gamma1: torch.Tensor, beta: torch.Tensor | None,
+def _modulated(normalized: torch.Tensor, gamma1: torch.Tensor, beta: torch.Tensor,
                inplace: bool = False) -> torch.Tensor:
-    """up(normalized) * gamma1 + beta (or without beta: up(normalized) * gamma1), one pass.
+    """up(normalized) * gamma1 + beta, one pass.
 
     normalized (B,C,h,w); gamma1 and beta (B,C,H,W) with H,W = s*h,s*w (s >= 1: the normalised
     map is nearest-upsampled by broadcasting inside the pass, never materialised). ``inplace``:
@@ -408,26 +408,40 @@ def _modulated(normalized: torch.Tensor, gamma1: torch.Tensor, beta: torch.Tenso
     if torch.compiler.is_compiling():  # functional form (Dynamo rejects strided out= tensors)
         if normalized.shape != gamma1.shape:
             normalized = F.interpolate(normalized, size=gamma1.shape[-2:], mode="nearest")
-        return normalized * gamma1 if beta is None else torch.addcmul(beta, normalized, gamma1)
+        return torch.addcmul(beta, normalized, gamma1)
     # Where the result goes: over ``normalized`` if allowed, else over beta when beta is a dense
     # map in that layout (NCHW: gamma and beta are contiguous halves of the convolution's output),
     # else a new map. Reusing memory skips the page faults of a fresh large map.
-    dense_beta = beta is not None and beta.is_contiguous(memory_format=fmt)
+    dense_beta = beta.is_contiguous(memory_format=fmt)
     if normalized.shape == gamma1.shape:
         out = normalized if inplace else (beta if dense_beta else None)
-        if beta is None:
-            return torch.mul(normalized, gamma1, out=out)
         return torch.addcmul(beta, normalized, gamma1, out=out)
     h, w = normalized.shape[-2:]
     s = gamma1.shape[-1] // w
     out = beta if dense_beta else torch.empty(gamma1.shape, dtype=gamma1.dtype, device=gamma1.device,
                                                memory_format=fmt)
-    up = normalized[:, :, :, None, :, None]
-    if beta is None:
-        torch.mul(up, _phase_view(gamma1, s), out=_phase_view(out, s))
-    else:
-        torch.addcmul(_phase_view(beta, s), up, _phase_view(gamma1, s), out=_phase_view(out, s))
+    torch.addcmul(_phase_view(beta, s), normalized[:, :, :, None, :, None], _phase_view(gamma1, s),
+                  out=_phase_view(out, s))
     return out
+
+
+def _scaled_in_place(normalized: torch.Tensor, gamma1: torch.Tensor) -> torch.Tensor:
+    """gamma1 *= up(normalized), returning gamma1 (a fresh tensor under torch.compile).
+
+    normalized (B,C,h,w), gamma1 (B,C,H,W) with H,W = s*h,s*w; the upsampling is a broadcast.
+    Writing over gamma1 (no longer needed afterwards) keeps the float32 decoder's peak at the
+    512 px up block below what a new (1,256,256,256) map would cost (64 MB).
+    """
+    if normalized.dtype != gamma1.dtype:  # autocast: convolutions run in the reduced dtype
+        normalized = normalized.to(gamma1.dtype)
+    if torch.compiler.is_compiling():
+        if normalized.shape != gamma1.shape:
+            normalized = F.interpolate(normalized, size=gamma1.shape[-2:], mode="nearest")
+        return normalized * gamma1
+    if normalized.shape == gamma1.shape:
+        return gamma1.mul_(normalized)
+    _phase_view(gamma1, gamma1.shape[-1] // normalized.shape[-1]).mul_(normalized[:, :, :, None, :, None])
+    return gamma1
 
 
 class SPADE(KernelCache):
@@ -567,10 +581,8 @@ class SPADEResnetBlock(KernelCache):
         1024, up_1: 320 instead of 512), the same numbers up to rounding.
         """
         weight, bias = self.cached("shortcut", self._shortcut_kernels)
-        fin = x_norm.shape[1]
-        both = conv3x3(actv, weight, bias, cache=self, key="winograd_shortcut")
-        gamma1, beta_s = both[:, :fin], both[:, fin:]
-        out = self.conv_s(_modulated(x_norm, gamma1, None))
+        gamma1, beta_s = conv3x3_split(actv, weight, bias, x_norm.shape[1], cache=self, key="winograd_shortcut")
+        out = self.conv_s(_scaled_in_place(x_norm, gamma1))
         return out + beta_s if torch.compiler.is_compiling() else out.add_(beta_s)
 
     def _shortcut_kernels(self) -> tuple[torch.Tensor, torch.Tensor]:
