@@ -174,11 +174,12 @@ def test_up_block_folds_the_upsample(dtype: torch.dtype, tol: float, batch: int,
 
 
 @pytest.mark.parametrize("upsample", [1, 2])
-def test_learned_shortcut_moves_beta_through_conv_s(upsample: int) -> None:
+@pytest.mark.parametrize(("fin", "fout"), [(8, 4), (4, 12)])  # fewer and more outputs than inputs
+def test_learned_shortcut_moves_beta_through_conv_s(upsample: int, fin: int, fout: int) -> None:
     # conv_s(x_norm * (1 + gamma) + beta) computed as conv_s(x_norm * (1 + gamma)) + conv3x3(actv, W_s . W_beta).
     torch.manual_seed(27)
-    block = SPADEResnetBlock(8, 4, 6).eval()
-    x_norm = torch.randn(2, 8, 5, 5)
+    block = SPADEResnetBlock(fin, fout, 6).eval()
+    x_norm = torch.randn(2, fin, 5, 5)
     actv = torch.relu(torch.randn(2, 128, 5 * upsample, 5 * upsample))
     with torch.no_grad():
         got = block.learned_shortcut_from(x_norm, actv)
@@ -186,9 +187,9 @@ def test_learned_shortcut_moves_beta_through_conv_s(upsample: int) -> None:
         gamma = F.conv2d(actv, block.norm_s.mlp_gamma.weight, block.norm_s.mlp_gamma.bias, padding=1)
         beta = F.conv2d(actv, block.norm_s.mlp_beta.weight, block.norm_s.mlp_beta.bias, padding=1)
         expected = F.conv2d(full * (1 + gamma) + beta, block.conv_s.weight())
-    assert got.shape == (2, 4, 5 * upsample, 5 * upsample)
+    assert got.shape == (2, fout, 5 * upsample, 5 * upsample)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
-    assert block._kernel_cache["shortcut"][0].shape == (8 + 4, 128, 3, 3)
+    assert block._kernel_cache["shortcut"][0].shape == (fin + fout, 128, 3, 3)
 
 
 # ---------------------------------------------------------------- bf16 Winograd F(2,3)
@@ -369,18 +370,21 @@ def test_winograd_uneven_bands_and_strided_input_in_float32(batch: int, fmt: tor
     assert torch.equal(winograd.conv3x3(x, u, bias, band_bytes=band_bytes), got)
 
 
-@pytest.mark.parametrize("split", [2, 3, 5])
-def test_winograd_parts_are_dense_slices_of_the_whole(split: int) -> None:
+@pytest.mark.parametrize("split", [2, 3, 5, [1, 4], [3, 2]])
+def test_winograd_parts_are_dense_slices_of_the_whole(split: int | list[int]) -> None:
     # Each part its own dense channels-last map, equal bit for bit to the channels of one output.
     x = _map((2, 6, 8, 10), torch.bfloat16, torch.channels_last, 43)
     u = winograd.transform_weight(_map((5, 6, 3, 3), torch.bfloat16, torch.contiguous_format, 44))
     bias = _map((5,), torch.bfloat16, torch.contiguous_format, 45)
     whole = winograd.conv3x3(x, u, bias, band_bytes=2000)
     parts = winograd.conv3x3_parts(x, u, bias, split, band_bytes=2000)
-    assert [p.shape[1] for p in parts] == [min(split, 5 - c) for c in range(0, 5, split)]
+    sizes = split if isinstance(split, list) else [min(split, 5 - c) for c in range(0, 5, split)]
+    assert [p.shape[1] for p in parts] == sizes
     assert all(p.is_contiguous(memory_format=torch.channels_last) for p in parts)
     assert len({p.untyped_storage().data_ptr() for p in parts}) == len(parts)
     assert torch.equal(torch.cat(parts, dim=1), whole)
+    with pytest.raises(ValueError, match="cover"):
+        winograd.conv3x3_parts(x, u, bias, [2, 2])
 
 
 def test_winograd_large_output_with_huge_page_hint() -> None:

@@ -139,10 +139,11 @@ def conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None, band_by
     return conv3x3_parts(x, u, bias, None, band_bytes)[0]
 
 
-def conv3x3_parts(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None, split: int | None,
+def conv3x3_parts(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None, split: int | list[int] | None,
                   band_bytes: int = BAND_BYTES) -> list[torch.Tensor]:
-    """:func:`conv3x3` with the output channels cut into parts of ``split`` channels, each its own
-    dense channels-last tensor (B,split,H,W) (``split`` None: one part).
+    """:func:`conv3x3` with the output channels cut into parts of ``split`` channels (or of the
+    listed sizes, as ``Tensor.split`` takes them), each its own dense channels-last tensor
+    (``split`` None: one part).
 
     Smaller blocks for the same work: glibc serves a block of 64 MiB or more from a thread other
     than the main one with a fresh ``mmap`` every time (a thread's heap holds at most 64 MiB), whose
@@ -151,16 +152,23 @@ def conv3x3_parts(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None, s
     """
     b, c, h, w = x.shape
     cout = u.shape[2]
-    split = cout if split is None else split
+    if split is None:
+        sizes = [cout]
+    elif isinstance(split, int):
+        sizes = [min(split, cout - c0) for c0 in range(0, cout, split)]
+    else:
+        sizes = list(split)
+    if sum(sizes) != cout:
+        raise ValueError(f"split {split} does not cover the {cout} output channels")
     th, tw = h // 2, w // 2
     xl = x.permute(0, 2, 3, 1)  # (B, H, W, C) view
     a = output_matrix(x.dtype, x.device)
     parts = []
-    for c0 in range(0, cout, split):
-        part = torch.empty(b, min(split, cout - c0), h, w, dtype=x.dtype, device=x.device,
-                           memory_format=torch.channels_last)
+    for size in sizes:
+        part = torch.empty(b, size, h, w, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
         allocator.advise_huge_pages(part)
         parts.append(part)
+    starts = [sum(sizes[:k]) for k in range(len(sizes))]
     tiles = [p.permute(0, 2, 3, 1).view(b, th, 2, tw, 2, p.shape[1]) for p in parts]
     band = max(1, min(th, band_bytes // (16 * b * tw * max(c, cout) * x.element_size())))
     scratch = BandScratch(x, b, band)
@@ -179,8 +187,8 @@ def conv3x3_parts(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None, s
         y = y_buf[:4 * b * n * tw * cout].view(4, b * n * tw * cout)
         torch.mm(a, m.view(16, -1), out=y)
         y6 = y.view(2, 2, b, n, tw, cout).permute(2, 3, 0, 4, 1, 5)
-        for k, t in enumerate(tiles):
-            t[:, t0:t0 + n].copy_(y6[..., k * split: k * split + t.shape[-1]])
+        for c0, t in zip(starts, tiles):
+            t[:, t0:t0 + n].copy_(y6[..., c0: c0 + t.shape[-1]])
     return parts
 
 

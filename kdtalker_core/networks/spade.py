@@ -95,9 +95,10 @@ def conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     return conv3x3_split(x, weight, bias, None, cache, key)[0]
 
 
-def conv3x3_split(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, split: int | None,
+def conv3x3_split(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, split: int | list[int] | None,
                   cache: KernelCache | None = None, key: object = "winograd") -> list[torch.Tensor]:
-    """:func:`conv3x3` with its output channels in parts of ``split`` (None: one part).
+    """:func:`conv3x3` with its output channels in parts of ``split`` channels, or of the listed
+    sizes (None: one part).
 
     Winograd writes each part as its own dense map (:func:`kdtalker_core.backends.winograd.conv3x3_parts`:
     no block of 64 MiB or more); the other paths return channel views of one output.
@@ -581,7 +582,9 @@ class SPADEResnetBlock(KernelCache):
         1024, up_1: 320 instead of 512), the same numbers up to rounding.
         """
         weight, bias = self.cached("shortcut", self._shortcut_kernels)
-        gamma1, beta_s = conv3x3_split(actv, weight, bias, x_norm.shape[1], cache=self, key="winograd_shortcut")
+        fin = x_norm.shape[1]
+        gamma1, beta_s = conv3x3_split(actv, weight, bias, [fin, weight.shape[0] - fin], cache=self,
+                                       key="winograd_shortcut")
         out = self.conv_s(_scaled_in_place(x_norm, gamma1))
         return out + beta_s if torch.compiler.is_compiling() else out.add_(beta_s)
 
