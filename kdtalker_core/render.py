@@ -230,7 +230,8 @@ def render_frames(
     ``compile`` (default :func:`default_compile`) runs the networks through :func:`compile_networks`.
     ``frame_threads`` frames render side by side, one per thread with one intra-op thread each
     (default :func:`kdtalker_core.frame_threads.frame_threads`: on a CPU in bf16, one per
-    intra-op thread; the numbers do not depend on it); the callback still comes in frame order.
+    intra-op thread; at most ``chunk_size``; the numbers do not depend on it); the callback still
+    comes in frame order.
     """
     weights_dtype = network_dtype(spade_decoder)
     dtype = weights_dtype if dtype is None else dtype
@@ -263,6 +264,7 @@ def render_frames(
     # CPU, reduced precision: the networks' large freed maps stay in the heap for the next frame
     # (no page faults); between chunks, while the caller holds one, glibc's defaults apply.
     workers = threads_for_frames(device, dtype) if frame_threads is None else max(1, int(frame_threads))
+    workers = min(workers, chunk_size)  # frames of one chunk go side by side (chunk 1: intra-op threads)
 
     def render_batch(start: int, end: int) -> torch.Tensor:
         # Thread-local state (inference mode, autocast, the NNPACK switch) is entered here, so
