@@ -17,8 +17,10 @@ def _environment_lines() -> list[str]:
     import torch
 
     from .attention import available_backends
+    from .frame_threads import frame_threads
     from .options import MODEL_DEFAULTS
     from .pipeline import resolve_device
+    from .precision import PRECISIONS, resolve_precision
     from .precision import describe as describe_precision
 
     lines = [f"python       {platform.python_version()} ({platform.machine()})",
@@ -31,6 +33,10 @@ def _environment_lines() -> list[str]:
         lines.append(f"device       cpu ({torch.get_num_threads()} threads); no CUDA GPU visible")
     default_device = resolve_device(MODEL_DEFAULTS.device)
     lines.append(f"precision    {describe_precision(MODEL_DEFAULTS.precision, default_device)} on {default_device}")
+    dtype = PRECISIONS[resolve_precision(MODEL_DEFAULTS.precision, default_device)]
+    side_by_side = frame_threads(default_device, dtype)
+    lines.append("render       " + (f"{side_by_side} frames side by side, one per thread (KDTALKER_FRAME_THREADS)"
+                                    if side_by_side > 1 else "one frame at a time"))
     lines.append(f"attention    {', '.join(available_backends())}")
     for mod, why in (("xformers", "optional, faster attention on CUDA"), ("dlib", "face detection"),
                      ("av", "audio decoding and mp4 writing"), ("soxr", "resampling")):

@@ -164,6 +164,7 @@ def test_mp4_writer_streams_chunks_and_appears_only_when_finished(tmp_path, samp
 def test_doctor_reports_found_and_missing(tmp_path, capsys, official_models_dir):
     rc, out, _ = _run_cli(["doctor", "--models-dir", str(tmp_path)], capsys)
     assert rc == 2 and "MISSING" in out and "torch" in out
+    assert "render       " in out  # frames side by side or one at a time
     rc, out, _ = _run_cli(["doctor", "--models-dir", str(official_models_dir)], capsys)
     assert rc == 0 and "KDTalker.pth" in out and "warping_module" in out
 
