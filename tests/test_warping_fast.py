@@ -40,7 +40,6 @@ from kdtalker_core.networks.dense_motion import (
     sample_volume,
     single_output_conv2d,
     single_output_conv_channels_last,
-    to_layout,
 )
 from kdtalker_core.networks.fast_conv3d import PHASE_MIN_PIXELS, KernelCache, fold_batchnorm
 from kdtalker_core.networks.fft_conv3d import fft_conv3d, fft_kernels
@@ -480,7 +479,7 @@ def test_motion_input_equals_cat_of_heatmaps_and_sampled_volume(dtype: torch.dty
     heat = dm.heatmaps(size, kd, ks)
     deformed = sample_volume(compressed, _motions(size, kd, ks))
     expected = to_compute(torch.cat([heat, deformed], dim=2).reshape(2, -1, *size), dtype, channels_last)
-    out = to_layout(dm.motion_input(compressed, kd, ks, dtype), dtype, channels_last)
+    out = to_compute(dm.motion_input(compressed, kd, ks, dtype), dtype, channels_last)
     assert out.shape == expected.shape == (2, 22 * 3, *size) and out.dtype == dtype
     assert out.stride() == expected.stride()
     ulp = 1e-6 if dtype == torch.float32 else 2 ** -8
@@ -489,8 +488,9 @@ def test_motion_input_equals_cat_of_heatmaps_and_sampled_volume(dtype: torch.dty
 
 
 @pytest.mark.parametrize(("dtype", "batch"), [(torch.float32, 1), (torch.bfloat16, 2)])
-def test_to_layout_equals_to_compute(dtype: torch.dtype, batch: int) -> None:
+def test_to_compute_blocked_copy_equals_the_strided_conversion(dtype: torch.dtype, batch: int) -> None:
     x = torch.randn(batch, 110, 3, 8, 10)
     for channels_last in (False, True):
-        out, expected = to_layout(x, dtype, channels_last), to_compute(x, dtype, channels_last)
+        fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
+        out, expected = to_compute(x, dtype, channels_last), x.to(dtype=dtype, memory_format=fmt)
         assert torch.equal(out, expected) and out.stride() == expected.stride() and out.dtype == dtype

@@ -172,26 +172,6 @@ def deformation_from(mask: torch.Tensor, kp_driving: torch.Tensor, kp_source: to
                         torch.einsum("bkdhw,bkd->bdhw", mask, zs)], dim=-1)
 
 
-def to_layout(x: torch.Tensor, dtype: torch.dtype, channels_last: bool) -> torch.Tensor:
-    """:func:`~.blocks.to_compute` for a contiguous (B,C,D,H,W) map, with a faster channels-last-3d copy.
-
-    Cast first (a contiguous cast), then each batch item's (C, D*H*W) block transposed into a fresh
-    channels-last-3d tensor: PyTorch's blocked 2D transpose (a copy from the transposed view, same
-    dtype; single-threaded) instead of the strided conversion. Same values and strides. Measured
-    (1,110,16,64,64) on a 2-core Zen 5 EPYC VM, 1 thread, min/median: float32 -> bf16 5.9/6.1 ms
-    against 18.7/19.0 ms for ``to_compute``, float32 -> float32 6.4/6.5 against 15.0/15.9 ms; from a
-    bf16 map (what :meth:`DenseMotionNetwork.motion_input` gives the bf16 network) the transpose
-    alone, 3.9-4.8 ms.
-    """
-    if not channels_last or x.dim() != 5 or not x.is_contiguous():
-        return to_compute(x, dtype, channels_last)
-    b, c, d, h, w = x.shape
-    out = torch.empty((b, d, h, w, c), dtype=dtype, device=x.device)
-    for i in range(b):
-        out[i].view(d * h * w, c).copy_(x[i].reshape(c, d * h * w).to(dtype).t())
-    return out.permute(0, 4, 1, 2, 3)
-
-
 #: The ``mask`` convolution runs as :func:`~.fft_conv3d.fft_conv3d` on the CPU when H * W is at
 #: least this and the network runs in one of :data:`FFT_MASK_DTYPES`. Measured on a 2-core Zen 5
 #: EPYC VM (avx512_bf16), 1 thread, full size: float32 136-146 ms (direct conv 715-757 ms); bf16
@@ -322,8 +302,9 @@ class DenseMotionNetwork(KernelCache):
         compressed (1 or B,c,D,H,W). Writing bf16 here (the float32 intermediates cast per group of
         motions while in cache) instead of casting a float32 buffer afterwards saved 1.5 ms of 18.5.
 
-        Measured full size on a 2-core Zen 5 EPYC VM, 1 thread, min/median, motions + this +
-        :func:`to_layout` against motions + ``sample_volume`` + heatmaps + cat + ``to_compute``:
+        Measured full size on a 2-core Zen 5 EPYC VM, 1 thread, min/median, motions + this + the
+        blocked channels-last copy of :func:`~.blocks.to_compute` against motions + ``sample_volume``
+        + heatmaps + cat + the strided conversion:
         bf16 channels-last 18.7/19.3 against 80.2/84.3 ms (31 of 7.2M bf16 values differ by one
         rounding step), float32 NCDHW 13.9/14.5 against 62.2/63.3 ms (relative difference 1.6e-7).
         """
@@ -348,7 +329,7 @@ class DenseMotionNetwork(KernelCache):
         compressed = F.relu_(conv_norm(self.compress, self.norm, to_compute(feature, dtype, self.channels_last),
                                        self))
         net_in = self.motion_input(compressed, kp_driving, kp_source, dtype)
-        prediction = self.hourglass(to_layout(net_in, dtype, self.channels_last))
+        prediction = self.hourglass(to_compute(net_in, dtype, self.channels_last))
 
         logits = self.mask_logits(prediction)
         with torch.autocast(feature.device.type, enabled=False):
