@@ -17,7 +17,7 @@ from torch import nn
 from . import winograd3d
 from .fast_conv3d import conv3x3x3_upsampled, fold_batchnorm, upsample_phase_kernels, use_phase_form
 from .kernel_cache import KernelCache
-from .layout import memory_format
+from .layout import channels_last_3d_copy, memory_format
 
 #: Eval-mode BatchNorm is folded into the preceding convolution when the output has at least this
 #: many voxels per channel (there the normalisation pass costs time; below it the folded weight
@@ -52,11 +52,8 @@ def to_compute(x: torch.Tensor, dtype: torch.dtype, channels_last: bool) -> torc
     """x in the networks' compute ``dtype``; channels-last (2D or 3D by rank) when asked.
 
     A no-op for float32 NCHW/NCDHW networks (the official layout), so fp32 numbers do not change.
-    A contiguous (B,C,D,H,W) CPU map going channels-last-3d is cast first, then each batch item's
-    (C, D*H*W) block is transposed by PyTorch's blocked 2D copy instead of the strided conversion
-    (same values and strides). Measured (1,110,16,64,64) on a 2-core Zen 5 EPYC VM, 1 thread,
-    min/median: float32 -> bf16 5.9/6.1 ms instead of 18.7/19.0 ms, float32 -> float32 6.4/6.5
-    instead of 15.0/15.9 ms; from bf16 (the dense-motion input of the bf16 network) 3.9-4.8 ms.
+    A contiguous (B,C,D,H,W) CPU map going channels-last-3d takes
+    :func:`~.layout.channels_last_3d_copy` (a blocked transpose instead of the strided conversion).
     """
     if not channels_last or x.dim() not in (4, 5):
         return x.to(dtype)
@@ -64,11 +61,7 @@ def to_compute(x: torch.Tensor, dtype: torch.dtype, channels_last: bool) -> torc
         return x.to(dtype=dtype, memory_format=torch.channels_last)
     if x.device.type != "cpu" or not x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last_3d):
         return x.to(dtype=dtype, memory_format=torch.channels_last_3d)
-    b, c, d, h, w = x.shape
-    out = torch.empty((b, d, h, w, c), dtype=dtype, device=x.device)
-    for i in range(b):
-        out[i].view(d * h * w, c).copy_(x[i].reshape(c, d * h * w).to(dtype).t())
-    return out.permute(0, 4, 1, 2, 3)
+    return channels_last_3d_copy(x, dtype)
 
 
 class SameBlock2d(nn.Module):
