@@ -261,8 +261,6 @@ def render_frames(
     use_autocast = dtype != weights_dtype  # float32 weights, reduced compute dtype: legacy path
     total = kp_driving.shape[0]
     done = 0
-    # CPU, reduced precision: the networks' large freed maps stay in the heap for the next frame
-    # (no page faults); between chunks, while the caller holds one, glibc's defaults apply.
     workers = threads_for_frames(device, dtype) if frame_threads is None else max(1, int(frame_threads))
     workers = min(workers, chunk_size)  # frames of one chunk go side by side (chunk 1: intra-op threads)
 
@@ -274,6 +272,8 @@ def render_frames(
             warped = warping_network(feature_3d, kp_driving[start:end], kp_source)["out"]
             return spade_decoder(warped).float().permute(0, 2, 3, 1)
 
+    # CPU, reduced precision: the networks' large freed maps stay in the heap for the next frame
+    # (no page faults); between chunks, while the caller holds one, glibc's defaults apply.
     with (allocator.reuse_large_blocks(allocator.wanted(device, dtype)) as reuse,
           frame_pool(workers) as pool):
         while done < total:
