@@ -144,7 +144,7 @@ def test_mkl_linear_packed_and_fallback_agree() -> None:
         assert not mkl_linear.available()
         assert mkl_linear.pack_weight(w, 66) is None
         torch.testing.assert_close(mkl_linear.linear(x, w, b), expected, atol=0, rtol=0)
-    assert mkl_linear.pack_weight(w.bfloat16(), 66) is None  # only float32 weights are packed
+    assert mkl_linear.pack_weight(w.half(), 66) is None  # float32 and bfloat16 weights only
     packed = mkl_linear.pack_weight(w, 66)
     if not mkl_linear.available():
         assert packed is None
@@ -153,6 +153,41 @@ def test_mkl_linear_packed_and_fallback_agree() -> None:
     torch.testing.assert_close(mkl_linear.linear(x, w, b, packed, 66), expected, atol=0, rtol=0)
     with mkl_linear.force_fallback():  # a packed weight made earlier is ignored under the fallback
         torch.testing.assert_close(mkl_linear.linear(x, w, b, packed, 66), expected, atol=0, rtol=0)
+
+
+def test_onednn_packed_bf16_linear_equals_f_linear() -> None:
+    g = torch.Generator().manual_seed(8)
+    w = torch.randn(96, 64, generator=g).bfloat16()
+    b = torch.randn(96, generator=g).bfloat16()
+    x = torch.randn(1, 66, 64, generator=g).bfloat16()
+    expected = torch.nn.functional.linear(x, w, b)
+    with mkl_linear.force_fallback():
+        assert mkl_linear.pack_weight(w, 66) is None
+    packed = mkl_linear.pack_weight(w, 66)
+    if not mkl_linear.bf16_available():
+        assert packed is None
+        pytest.skip("oneDNN packed bfloat16 linear does not run here")
+    assert packed is not None and packed.is_mkldnn and packed.dtype == torch.bfloat16
+    torch.testing.assert_close(mkl_linear.linear(x, w, b, packed, 66), expected, atol=0, rtol=0)
+    torch.testing.assert_close(mkl_linear.linear(x, w, None, mkl_linear.pack_weight(w, 66), 66),
+                               torch.nn.functional.linear(x, w), atol=0, rtol=0)
+    other = x[:, :13]  # another row count than the one packed for still multiplies right
+    torch.testing.assert_close(mkl_linear.linear(other, w, b, packed, 66),
+                               torch.nn.functional.linear(other, w, b), atol=0, rtol=0)
+
+
+def test_bf16_window_eps_fn_packed_equals_plain() -> None:
+    model = _randomised(MotionDenoiser(dim=128, num_layers=2), seed=9).to(torch.bfloat16)
+    ori, ref, aud, x_t = _window_inputs(frames=10)
+    t = torch.tensor([250])
+    packed = model.window_eps_fn(ori, ref, aud)(x_t, t)
+    with mkl_linear.force_fallback():
+        model.invalidate_caches()
+        plain = model.window_eps_fn(ori, ref, aud)(x_t, t)
+    model.invalidate_caches()
+    if mkl_linear.bf16_available():
+        assert model._get_plan().packed_for(12)[0][0] is not None
+    torch.testing.assert_close(packed, plain, atol=0, rtol=0)
 
 
 def test_apply_rotary_turns_channel_pairs_by_position() -> None:

@@ -71,15 +71,16 @@ class _Plan:
     packed: list[tuple[torch.Tensor | None, ...]] = field(default_factory=list)  # per layer
 
     def packed_for(self, rows: int) -> list[tuple[torch.Tensor | None, ...]]:
-        """Per layer (block1, block2, block1', block2', qkv, proj) MKL-packed weights, or Nones.
+        """Per layer (block1, block2, block1', block2', qkv, proj) packed weights, or Nones.
 
-        Packing is used for float32 CPU weights only (sampling windows; the plain forward does not
-        pack); it keeps one packed copy of the layer weights (about their size, 113 MB at full
-        size) for the most recent row count. Packed products equal F.linear's bit for bit.
+        Packing is used for float32 (MKL) and bfloat16 (oneDNN) CPU weights (sampling windows; the
+        plain forward does not pack); it keeps one packed copy of the layer weights (about their
+        size: 113 MB at full size in float32, 57 MB in bf16) for the most recent row count. Packed
+        products give F.linear's numbers (tests compare them).
         """
         layers = len(self.attn)
         device = self.attn[0][2].device if layers else torch.device("cpu")
-        if device.type != "cpu" or self.dtype != torch.float32 or not mkl_linear.available():
+        if device.type != "cpu" or not mkl_linear.packs(self.dtype):
             return [(None,) * 6] * layers
         if self.packed_rows != rows:
             self.packed = []
