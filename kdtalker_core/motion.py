@@ -225,7 +225,7 @@ def generate_motion_normalized(
                 x_T = init_noise[k].unsqueeze(0).to(device=device, dtype=torch.float32)
             else:
                 x_T = _initial_noise((1, window, MOTION_DIM), generator, device)
-            eps_fn = denoiser.window_eps_fn(ori, ref.to(token_dtype), feat_k)
+            eps_fn = denoiser.window_eps_fn(ori, ref.to(token_dtype), feat_k, timesteps)
             step_cb = None
             if callback is not None:
                 def step_cb(i: int, _t: int, _x: torch.Tensor, _k: int = k) -> None:

@@ -190,6 +190,21 @@ def test_bf16_window_eps_fn_packed_equals_plain() -> None:
     torch.testing.assert_close(packed, plain, atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_schedule_time_modulations_batched_match_step_by_step(dtype) -> None:
+    model = _randomised(MotionDenoiser(dim=128, num_layers=2), seed=10).to(dtype)
+    ori, ref, aud, x_t = _window_inputs(frames=10)
+    schedule = torch.tensor([980, 500, 20])
+    step_by_step = model.window_eps_fn(ori, ref, aud)
+    expected = [step_by_step(x_t, torch.tensor([t])) for t in schedule.tolist()]
+    model.invalidate_caches()
+    batched = model.window_eps_fn(ori, ref, aud, schedule)
+    assert sorted(model._get_plan().time) == [(20,), (500,), (980,)]  # filled before the first step
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    for t, want in zip(schedule.tolist(), expected):
+        torch.testing.assert_close(batched(x_t, torch.tensor([t])), want, atol=tol, rtol=tol)
+
+
 def test_apply_rotary_turns_channel_pairs_by_position() -> None:
     x = torch.zeros(1, 4, 6)
     x[..., 0] = 1.0  # pair 0 = (1, 0), pair 1 = (0, 0), channels 4.. untouched
