@@ -5,8 +5,8 @@ Measures, for float32 and bfloat16 weights:
 * ``forward``: one ``MotionDenoiser.forward`` over 66 tokens (2 conditioning + 64 frames), the
   structure the official code runs at every step;
 * ``reference forward``: the same with the plain modules (``MotionDenoiser.reference_forward``);
-* ``eps step``: one step of ``window_eps_fn`` (context, rotary and bias tables cached), for float32
-  also with MKL weight packing switched off (``backends.mkl_linear.force_fallback``);
+* ``eps step``: one step of ``window_eps_fn`` (context, rotary and bias tables cached), also with
+  weight packing switched off (``backends.mkl_linear.force_fallback``) where it packs;
 * ``window S steps``: one 64-frame window, ``window_eps_fn`` + ``sample_ddim`` with S DDIM steps;
 * ``window 50 (uncached)``: 50 steps that call ``forward`` on the full token set every step.
 
@@ -111,16 +111,16 @@ def bench_dtype(
                  *timed(lambda: model.reference_forward(tokens, t500, context), repeats)))
     eps_fn = model.window_eps_fn(ori, ref, aud)
     rows.append(("eps step (cached, 66 tok)", dtype_name, *timed(lambda: eps_fn(noise, t500), repeats)))
-    if model.body.input_projection.weight.dtype == torch.float32 and mkl_linear.available():
+    if mkl_linear.packs(model.body.input_projection.weight.dtype):
         with mkl_linear.force_fallback():
             plain_eps = model.window_eps_fn(ori, ref, aud)
-            rows.append(("eps step (no MKL packing)", dtype_name,
+            rows.append(("eps step (no packing)", dtype_name,
                          *timed(lambda: plain_eps(noise, t500), repeats)))
     for steps in (50, 10):
         schedule = ddim_timesteps(steps)
 
         def window(schedule: torch.Tensor = schedule) -> torch.Tensor:
-            return sample_ddim(model.window_eps_fn(ori, ref, aud), noise, alphas, schedule)
+            return sample_ddim(model.window_eps_fn(ori, ref, aud, schedule), noise, alphas, schedule)
 
         windows[f"{dtype_name}/{steps}"] = window()
         rows.append((f"window {steps} steps", dtype_name, *timed(window, max(1, repeats - 1), warmup=0)))

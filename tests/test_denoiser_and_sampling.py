@@ -132,11 +132,13 @@ def test_window_eps_fn_equals_reference_with_and_without_mkl_packing() -> None:
         plain = model.window_eps_fn(ori, ref, aud)(x_t, t)
     torch.testing.assert_close(packed, expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(plain, expected, atol=1e-5, rtol=1e-5)
-    if mkl_linear.available():
+    if mkl_linear.float32_library() == "mkl":
         torch.testing.assert_close(packed, plain, atol=0, rtol=0)  # MKL's packed GEMM is F.linear's GEMM
 
 
-def test_mkl_linear_packed_and_fallback_agree() -> None:
+@pytest.mark.parametrize("library", ["mkl", "onednn"])
+def test_packed_float32_linear_and_fallback_agree(monkeypatch, library) -> None:
+    monkeypatch.setenv("KDTALKER_PACKED_FP32", library)
     g = torch.Generator().manual_seed(6)
     w, b, x = torch.randn(48, 32, generator=g), torch.randn(48, generator=g), torch.randn(2, 33, 32, generator=g)
     expected = torch.nn.functional.linear(x, w, b)
@@ -146,13 +148,24 @@ def test_mkl_linear_packed_and_fallback_agree() -> None:
         torch.testing.assert_close(mkl_linear.linear(x, w, b), expected, atol=0, rtol=0)
     assert mkl_linear.pack_weight(w.half(), 66) is None  # float32 and bfloat16 weights only
     packed = mkl_linear.pack_weight(w, 66)
-    if not mkl_linear.available():
-        assert packed is None
-        pytest.skip("this PyTorch build has no MKL packed linear")
-    assert packed is not None
-    torch.testing.assert_close(mkl_linear.linear(x, w, b, packed, 66), expected, atol=0, rtol=0)
+    if mkl_linear.float32_library() != library:
+        pytest.skip(f"{library} packed float32 linear does not run in this PyTorch build")
+    assert packed is not None and packed.library == library
+    exact = library == "mkl"  # MKL's packed GEMM is F.linear's; oneDNN sums in another order
+    torch.testing.assert_close(mkl_linear.linear(x, w, b, packed), expected,
+                               atol=0 if exact else 1e-5, rtol=0 if exact else 1e-5)
     with mkl_linear.force_fallback():  # a packed weight made earlier is ignored under the fallback
-        torch.testing.assert_close(mkl_linear.linear(x, w, b, packed, 66), expected, atol=0, rtol=0)
+        torch.testing.assert_close(mkl_linear.linear(x, w, b, packed), expected, atol=0, rtol=0)
+
+
+def test_float32_library_is_chosen_by_probe_unless_forced(monkeypatch) -> None:
+    monkeypatch.delenv("KDTALKER_PACKED_FP32", raising=False)
+    assert mkl_linear.float32_library() in ("mkl", "onednn", None)
+    monkeypatch.setenv("KDTALKER_PACKED_FP32", "onednn")
+    if mkl_linear._onednn_works(torch.float32):
+        assert mkl_linear.float32_library() == "onednn"
+    with mkl_linear.force_fallback():
+        assert mkl_linear.float32_library() is None and not mkl_linear.packs(torch.float32)
 
 
 def test_onednn_packed_bf16_linear_equals_f_linear() -> None:
@@ -167,12 +180,12 @@ def test_onednn_packed_bf16_linear_equals_f_linear() -> None:
     if not mkl_linear.bf16_available():
         assert packed is None
         pytest.skip("oneDNN packed bfloat16 linear does not run here")
-    assert packed is not None and packed.is_mkldnn and packed.dtype == torch.bfloat16
-    torch.testing.assert_close(mkl_linear.linear(x, w, b, packed, 66), expected, atol=0, rtol=0)
-    torch.testing.assert_close(mkl_linear.linear(x, w, None, mkl_linear.pack_weight(w, 66), 66),
+    assert packed is not None and packed.library == "onednn" and packed.tensor.dtype == torch.bfloat16
+    torch.testing.assert_close(mkl_linear.linear(x, w, b, packed), expected, atol=0, rtol=0)
+    torch.testing.assert_close(mkl_linear.linear(x, w, None, mkl_linear.pack_weight(w, 66)),
                                torch.nn.functional.linear(x, w), atol=0, rtol=0)
     other = x[:, :13]  # another row count than the one packed for still multiplies right
-    torch.testing.assert_close(mkl_linear.linear(other, w, b, packed, 66),
+    torch.testing.assert_close(mkl_linear.linear(other, w, b, packed),
                                torch.nn.functional.linear(other, w, b), atol=0, rtol=0)
 
 

@@ -1,25 +1,35 @@
-"""Linear layers with pre-packed weights on the CPU (MKL for float32, oneDNN for bfloat16), behind feature checks.
+"""Linear layers with weights packed once on the CPU (MKL or oneDNN), behind feature checks.
 
-PyTorch's x86 CPU builds expose private operators that multiply with a weight packed once for a fixed
-number of input rows: ``torch.ops.mkl._mkl_reorder_linear_weight`` / ``torch.ops.mkl._mkl_linear`` (MKL,
-float32) and ``torch.ops.mkldnn._reorder_linear_weight`` / ``torch.ops.mkldnn._linear_pointwise`` (oneDNN,
-the path torch.compile's CPU backend uses for bfloat16). For the denoiser's small products (about 66 rows
-x 768) re-packing the weight inside every ``F.linear`` call is a noticeable part of the time, so the
-sampler packs once per window. Measured on a 2-core Zen 5 EPYC (AVX512-BF16, 2 threads): a bf16
-66x768 @ 768x768 product 170-190 -> 110-135 us.
+PyTorch's x86 CPU builds expose private operators that multiply with a weight packed once for a
+fixed number of input rows: ``torch.ops.mkl._mkl_reorder_linear_weight`` / ``torch.ops.mkl._mkl_linear``
+(MKL, float32) and ``torch.ops.mkldnn._reorder_linear_weight`` / ``torch.ops.mkldnn._linear_pointwise``
+(oneDNN, float32 and bfloat16; the path torch.compile's CPU backend uses). For the denoiser's small
+products (about 66 rows x 768) re-packing the weight inside every ``F.linear`` call is a noticeable part
+of the time, so the sampler packs once per window.
+
+Which library packs float32 depends on the CPU: MKL's float32 kernels are fast on Intel CPUs, while on
+AMD CPUs they were measured at about a third of oneDNN's (2-core Zen 5 EPYC, AVX-512, 2 threads, 66 x
+768 @ 768 x 768: F.linear 573 us, MKL packed 636 us, oneDNN packed 222 us). :func:`float32_library`
+decides by a short timed probe (a few tens of ms, once per process and thread count);
+``KDTALKER_PACKED_FP32=mkl|onednn`` overrides it. bfloat16 is always packed by oneDNN (66 x 768 @ 768 x
+768: 170-190 -> 110-135 us).
 
 These operators are not public API. This module is the only place that touches them: every caller goes
 through :func:`pack_weight` and :func:`linear`, which fall back to ``torch.nn.functional.linear`` whenever
 the operators are missing or fail a one-time trial, the tensors are not float32 / bfloat16 CPU tensors,
-or the fallback is forced with :func:`force_fallback` (used by tests to compare both paths). Both packed
-products give ``F.linear``'s numbers (tests compare them).
+or the fallback is forced with :func:`force_fallback` (used by tests to compare both paths). MKL's packed
+product is ``F.linear``'s product bit for bit; oneDNN's bfloat16 product too, its float32 product sums
+in another order (relative differences around 1e-6).
 """
 
 from __future__ import annotations
 
 import functools
+import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +37,16 @@ import torch.nn.functional as F
 _forced_fallback = False
 
 
-def _operators_present() -> bool:
+@dataclass(frozen=True)
+class PackedWeight:
+    """A weight packed for ``rows`` input rows by ``library`` (``"mkl"`` or ``"onednn"``)."""
+
+    library: str
+    tensor: torch.Tensor
+    rows: int
+
+
+def _mkl_present() -> bool:
     """True when this PyTorch build has MKL and both private packing operators."""
     mkl = getattr(torch.ops, "mkl", None)
     return (
@@ -38,23 +57,18 @@ def _operators_present() -> bool:
     )
 
 
-def available() -> bool:
-    """True when packed float32 products will be used: the operators exist and the fallback is not forced."""
-    return not _forced_fallback and _operators_present()
-
-
-@functools.lru_cache(maxsize=1)
-def _onednn_bf16_works() -> bool:
-    """True when oneDNN packs and multiplies a bfloat16 weight here and matches ``F.linear`` (one trial)."""
+@functools.lru_cache(maxsize=4)
+def _onednn_works(dtype: torch.dtype) -> bool:
+    """True when oneDNN packs and multiplies a ``dtype`` weight here and matches ``F.linear`` (one trial)."""
     mkldnn = getattr(torch.ops, "mkldnn", None)
     if (not torch.backends.mkldnn.is_available() or mkldnn is None
             or not hasattr(mkldnn, "_reorder_linear_weight") or not hasattr(mkldnn, "_linear_pointwise")):
         return False
     try:
         gen = torch.Generator().manual_seed(0)
-        x = torch.randn(5, 32, generator=gen).bfloat16()
-        w = torch.randn(48, 32, generator=gen).bfloat16()
-        b = torch.randn(48, generator=gen).bfloat16()
+        x = torch.randn(5, 32, generator=gen).to(dtype)
+        w = torch.randn(48, 32, generator=gen).to(dtype)
+        b = torch.randn(48, generator=gen).to(dtype)
         packed = mkldnn._reorder_linear_weight(w, 5)
         got = mkldnn._linear_pointwise(x, packed, b, "none", [], "")
         return bool(torch.allclose(got.float(), F.linear(x, w, b).float(), atol=0.05, rtol=0.02))
@@ -62,9 +76,64 @@ def _onednn_bf16_works() -> bool:
         return False
 
 
+def _best_seconds(fn, repeats: int = 5, calls: int = 10) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+@functools.lru_cache(maxsize=8)
+def _probe_float32(threads: int) -> str:
+    """The faster packed float32 product on a denoiser-sized product (66 x 768 @ 768 x 768)."""
+    del threads  # part of the cache key only: the answer depends on the thread count
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(66, 768, generator=gen)
+    w = 0.02 * torch.randn(768, 768, generator=gen)
+    b = torch.zeros(768)
+    with torch.inference_mode():
+        mkl = torch.ops.mkl._mkl_reorder_linear_weight(w, 66)
+        onednn = torch.ops.mkldnn._reorder_linear_weight(w, 66)
+        t_mkl = _best_seconds(lambda: torch.ops.mkl._mkl_linear(x, mkl, w, b, 66))
+        t_onednn = _best_seconds(lambda: torch.ops.mkldnn._linear_pointwise(x, onednn, b, "none", [], ""))
+    return "onednn" if t_onednn < t_mkl else "mkl"
+
+
+def float32_library() -> str | None:
+    """Which library packs float32 weights here: ``"mkl"``, ``"onednn"`` or None (neither / forced off).
+
+    Both usable: the faster in a timed probe, unless ``KDTALKER_PACKED_FP32`` is ``mkl`` or ``onednn``.
+    """
+    if _forced_fallback:
+        return None
+    mkl, onednn = _mkl_present(), _onednn_works(torch.float32)
+    forced = os.environ.get("KDTALKER_PACKED_FP32", "").strip().lower()
+    if forced == "mkl" and mkl:
+        return "mkl"
+    if forced == "onednn" and onednn:
+        return "onednn"
+    if mkl and onednn:
+        return _probe_float32(torch.get_num_threads())
+    return "mkl" if mkl else "onednn" if onednn else None
+
+
+def available() -> bool:
+    """True when packed float32 products will be used (a library works, the fallback is not forced)."""
+    return float32_library() is not None
+
+
 def bf16_available() -> bool:
     """True when packed bfloat16 products will be used (oneDNN passes its trial, no forced fallback)."""
-    return not _forced_fallback and _onednn_bf16_works()
+    return not _forced_fallback and _onednn_works(torch.bfloat16)
+
+
+def packs(dtype: torch.dtype) -> bool:
+    """Whether :func:`pack_weight` packs CPU weights of ``dtype`` here."""
+    return (dtype == torch.float32 and available()) or (dtype == torch.bfloat16 and bf16_available())
 
 
 @contextmanager
@@ -79,42 +148,38 @@ def force_fallback(enabled: bool = True) -> Iterator[None]:
         _forced_fallback = previous
 
 
-def pack_weight(weight: torch.Tensor, rows: int) -> torch.Tensor | None:
+def pack_weight(weight: torch.Tensor, rows: int) -> PackedWeight | None:
     """Packed copy of ``weight`` (out_features, in_features) for inputs of ``rows`` rows, or None.
 
-    float32 CPU weights: MKL-packed when :func:`available`; bfloat16 CPU weights: a oneDNN tensor
-    when :func:`bf16_available`; None (use the plain weight) otherwise. The packed tensor is about
-    the size of the weight; inputs with another row count still multiply correctly.
+    float32 CPU weights: packed by :func:`float32_library`; bfloat16 CPU weights: by oneDNN when
+    :func:`bf16_available`; None (use the plain weight) otherwise. The packed tensor is about the
+    size of the weight; oneDNN's also multiplies inputs of another row count correctly.
     """
     if weight.device.type != "cpu" or rows < 1:
         return None
-    if weight.dtype == torch.float32 and available():
-        return torch.ops.mkl._mkl_reorder_linear_weight(weight, rows)
-    if weight.dtype == torch.bfloat16 and bf16_available():
-        return torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), rows)
+    library = float32_library() if weight.dtype == torch.float32 else (
+        "onednn" if weight.dtype == torch.bfloat16 and bf16_available() else None)
+    if library == "mkl":
+        return PackedWeight("mkl", torch.ops.mkl._mkl_reorder_linear_weight(weight, rows), rows)
+    if library == "onednn":
+        return PackedWeight("onednn", torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), rows), rows)
     return None
-
-
-def packs(dtype: torch.dtype) -> bool:
-    """Whether :func:`pack_weight` packs CPU weights of ``dtype`` here."""
-    return (dtype == torch.float32 and available()) or (dtype == torch.bfloat16 and bf16_available())
 
 
 def linear(
     x: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
-    packed: torch.Tensor | None = None,
-    rows: int = 0,
+    packed: PackedWeight | None = None,
 ) -> torch.Tensor:
     """``x @ weight.T + bias`` for x (..., in_features) -> (..., out_features).
 
-    ``packed`` is :func:`pack_weight` (weight, rows) and ``rows`` the number of rows of x it was packed
-    for (the product of x's leading sizes). Without ``packed``, or when packing is not available, this is
-    ``F.linear``; the packed product gives the same numbers.
+    ``packed`` is :func:`pack_weight` (weight, rows); MKL's needs x to have exactly ``rows`` rows
+    (the product of its leading sizes). Without ``packed``, or under :func:`force_fallback`, this
+    is ``F.linear``.
     """
     if packed is None or _forced_fallback:
         return F.linear(x, weight, bias)
-    if packed.dtype == torch.bfloat16:  # oneDNN's packed tensor (MKL packs float32 only)
-        return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
-    return torch.ops.mkl._mkl_linear(x, packed, weight, bias, rows)
+    if packed.library == "onednn":
+        return torch.ops.mkldnn._linear_pointwise(x, packed.tensor, bias, "none", [], "")
+    return torch.ops.mkl._mkl_linear(x, packed.tensor, weight, bias, packed.rows)

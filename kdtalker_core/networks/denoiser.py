@@ -22,8 +22,9 @@ part, so each block's (scale, shift) is ``W_t silu(t_emb) + W_c silu(context) + 
 layer-norm affine is folded into it. The context part is computed once per sampling window, the
 time part once per distinct timestep (cached), and the relative position bias and rotary tables
 once per sequence length. The per-step work is then the token projections and attention only; on
-x86 CPUs the sampler multiplies with MKL pre-packed float32 weights
-(:mod:`kdtalker_core.backends.mkl_linear`). Everything runs in the parameters' dtype
+x86 CPUs the sampler multiplies with weights packed once per window (MKL or oneDNN for
+float32, whichever a probe finds faster; oneDNN for bfloat16:
+:mod:`kdtalker_core.backends.mkl_linear`). Everything runs in the parameters' dtype
 (``model.to(torch.bfloat16)`` for bf16; matrix products accumulate in float32), except the small
 time MLP, which always runs in float32.
 """
@@ -68,12 +69,12 @@ class _Plan:
     bias: dict[int, torch.Tensor] = field(default_factory=dict)
     time: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     packed_rows: int = 0  # row count the packed weights were prepared for (0: none)
-    packed: list[tuple[torch.Tensor | None, ...]] = field(default_factory=list)  # per layer
+    packed: list[tuple[mkl_linear.PackedWeight | None, ...]] = field(default_factory=list)  # per layer
 
-    def packed_for(self, rows: int) -> list[tuple[torch.Tensor | None, ...]]:
+    def packed_for(self, rows: int) -> list[tuple[mkl_linear.PackedWeight | None, ...]]:
         """Per layer (block1, block2, block1', block2', qkv, proj) packed weights, or Nones.
 
-        Packing is used for float32 (MKL) and bfloat16 (oneDNN) CPU weights (sampling windows; the
+        Packing is used for float32 and bfloat16 CPU weights (sampling windows; the
         plain forward does not pack); it keeps one packed copy of the layer weights (about their
         size: 113 MB at full size in float32, 57 MB in bf16) for the most recent row count. Packed
         products give F.linear's numbers (tests compare them).
@@ -158,7 +159,7 @@ class MotionDenoiser(nn.Module):
         self._plan = None
 
     def release_packed_weights(self) -> None:
-        """Free the MKL-packed copy of the layer weights (about 113 MB at full size) kept since the
+        """Free the packed copy of the layer weights (about 113 MB at full size in float32) kept since the
         last sampling window; the next window packs again (tens of milliseconds). Called when a
         sampling run ends, so the copy does not sit in memory while frames render."""
         if self._plan is not None:
@@ -309,14 +310,13 @@ class MotionDenoiser(nn.Module):
         mod_shift: torch.Tensor,
         rope: list[torch.Tensor],
         bias: torch.Tensor,
-        packed: list[tuple[torch.Tensor | None, ...]] | None = None,
+        packed: list[tuple[mkl_linear.PackedWeight | None, ...]] | None = None,
     ) -> torch.Tensor:
         """All layers on projected tokens x (B, F, dim); mod_* (R, B, F, dim) full modulation.
 
-        ``packed``: per-layer MKL-packed weights from ``plan.packed_for(B * F)``, or None.
+        ``packed``: per-layer packed weights from ``plan.packed_for(B * F)``, or None.
         """
         b, n, d = x.shape
-        rows = b * n
         heads, head_dim = self.heads, self.head_dim
         rot = 2 * rope[0].shape[-1] if rope else 0
         scale = head_dim**-0.5
@@ -326,12 +326,12 @@ class MotionDenoiser(nn.Module):
             pk = packed[layer]
             for j, r in enumerate((2 * layer, 2 * layer + 1)):
                 w1, b1, w2, b2 = plan.res[r][:4]
-                h = F.layer_norm(mkl_linear.linear(x, w1, b1, pk[2 * j], rows), (d,), eps=LN_EPS)
+                h = F.layer_norm(mkl_linear.linear(x, w1, b1, pk[2 * j]), (d,), eps=LN_EPS)
                 h = F.silu(torch.addcmul(mod_shift[r], h, mod_scale[r]), inplace=True)
-                h = F.silu(mkl_linear.linear(h, w2, b2, pk[2 * j + 1], rows), inplace=True)
+                h = F.silu(mkl_linear.linear(h, w2, b2, pk[2 * j + 1]), inplace=True)
                 x = h.add_(x)
             y = F.layer_norm(x, (d,), ln_g, ln_b, eps=LN_EPS)
-            qkv = mkl_linear.linear(y, w_qkv, None, pk[4], rows).view(b, n, 3, heads, head_dim)
+            qkv = mkl_linear.linear(y, w_qkv, None, pk[4]).view(b, n, 3, heads, head_dim)
             if rot:  # q and k: channel pairs as complex numbers, turned in float32 (2x faster than real ops)
                 part = qkv[:, :, :2, :, :rot]
                 turned = torch.view_as_complex(part.float().contiguous().unflatten(-1, (rot // 2, 2))) * rope[layer]
@@ -339,7 +339,7 @@ class MotionDenoiser(nn.Module):
             q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))
             out = attention(q, k, v, bias, backend=self.attention_backend, scale=scale)
             out = out.transpose(1, 2).reshape(b, n, heads * head_dim)
-            x = mkl_linear.linear(out, w_proj, b_proj, pk[5], rows).add_(x)
+            x = mkl_linear.linear(out, w_proj, b_proj, pk[5]).add_(x)
         return x
 
     def forward(
