@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import functools
 import os
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from .timing import best_seconds
 
 _forced_fallback = False
 
@@ -76,17 +77,6 @@ def _onednn_works(dtype: torch.dtype) -> bool:
         return False
 
 
-def _best_seconds(fn, repeats: int = 5, calls: int = 10) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
 @functools.lru_cache(maxsize=8)
 def _probe_float32(threads: int) -> str:
     """The faster packed float32 product on a denoiser-sized product (66 x 768 @ 768 x 768)."""
@@ -98,8 +88,9 @@ def _probe_float32(threads: int) -> str:
     with torch.inference_mode():
         mkl = torch.ops.mkl._mkl_reorder_linear_weight(w, 66)
         onednn = torch.ops.mkldnn._reorder_linear_weight(w, 66)
-        t_mkl = _best_seconds(lambda: torch.ops.mkl._mkl_linear(x, mkl, w, b, 66))
-        t_onednn = _best_seconds(lambda: torch.ops.mkldnn._linear_pointwise(x, onednn, b, "none", [], ""))
+        t_mkl = best_seconds(lambda: torch.ops.mkl._mkl_linear(x, mkl, w, b, 66), repeats=5, calls=10)
+        t_onednn = best_seconds(lambda: torch.ops.mkldnn._linear_pointwise(x, onednn, b, "none", [], ""),
+                                repeats=5, calls=10)
     return "onednn" if t_onednn < t_mkl else "mkl"
 
 

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import functools
 import os
-import time
 
 import torch
 import torch.nn.functional as F
+
+from .timing import best_seconds
 
 #: Probe shape: one decoder-like 3x3 convolution (channels, height = width).
 _PROBE_CHANNELS = 256
@@ -82,16 +83,6 @@ def conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) ->
     return outs[0] if len(outs) == 1 else torch.cat(outs)
 
 
-def _best_seconds(fn, repeats: int = 3) -> float:
-    fn()  # warm-up: kernel selection, allocation
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
 @functools.lru_cache(maxsize=8)
 def _probe(threads: int) -> bool:
     """True when NNPACK beats oneDNN (channels-last float32) on a decoder-sized convolution."""
@@ -104,10 +95,10 @@ def _probe(threads: int) -> bool:
     w_cl = w.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         try:
-            t_nnpack = _best_seconds(lambda: _nnpack(x, w, b))
+            t_nnpack = best_seconds(lambda: _nnpack(x, w, b))
         except RuntimeError:
             return False
-        t_onednn = _best_seconds(lambda: F.conv2d(x_cl, w_cl, b, padding=1))
+        t_onednn = best_seconds(lambda: F.conv2d(x_cl, w_cl, b, padding=1))
     return t_nnpack < t_onednn
 
 
