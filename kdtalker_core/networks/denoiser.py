@@ -77,7 +77,7 @@ class _Plan:
         Packing is used for float32 and bfloat16 CPU weights (sampling windows; the
         plain forward does not pack); it keeps one packed copy of the layer weights (about their
         size: 113 MB at full size in float32, 57 MB in bf16) for the most recent row count. Packed
-        products give F.linear's numbers (tests compare them).
+        products give F.linear's numbers up to float32 summation order (tests compare them).
         """
         layers = len(self.attn)
         device = self.attn[0][2].device if layers else torch.device("cpu")
