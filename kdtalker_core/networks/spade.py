@@ -394,6 +394,14 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
         return torch.cat([normalize(x[i:i + 1]) for i in range(x.shape[0])])
 
 
+def _nearest_to(normalized: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """normalized (B,C,h,w) nearest-upsampled to like's (H,W), materialised (the torch.compile form
+    of the broadcast phase views); normalized itself when the sizes already match."""
+    if normalized.shape == like.shape:
+        return normalized
+    return F.interpolate(normalized, size=like.shape[-2:], mode="nearest")
+
+
 def _modulated(normalized: torch.Tensor, gamma1: torch.Tensor, beta: torch.Tensor,
                inplace: bool = False) -> torch.Tensor:
     """up(normalized) * gamma1 + beta, one pass.
@@ -407,9 +415,7 @@ def _modulated(normalized: torch.Tensor, gamma1: torch.Tensor, beta: torch.Tenso
         normalized, inplace = normalized.to(gamma1.dtype), normalized.shape == gamma1.shape
     fmt = memory_format(normalized)
     if torch.compiler.is_compiling():  # functional form (Dynamo rejects strided out= tensors)
-        if normalized.shape != gamma1.shape:
-            normalized = F.interpolate(normalized, size=gamma1.shape[-2:], mode="nearest")
-        return torch.addcmul(beta, normalized, gamma1)
+        return torch.addcmul(beta, _nearest_to(normalized, gamma1), gamma1)
     # Where the result goes: over ``normalized`` if allowed, else over beta when beta is a dense
     # map in that layout (NCHW: gamma and beta are contiguous halves of the convolution's output),
     # else a new map. Reusing memory skips the page faults of a fresh large map.
@@ -436,9 +442,7 @@ def _scaled_in_place(normalized: torch.Tensor, gamma1: torch.Tensor) -> torch.Te
     if normalized.dtype != gamma1.dtype:  # autocast: convolutions run in the reduced dtype
         normalized = normalized.to(gamma1.dtype)
     if torch.compiler.is_compiling():
-        if normalized.shape != gamma1.shape:
-            normalized = F.interpolate(normalized, size=gamma1.shape[-2:], mode="nearest")
-        return normalized * gamma1
+        return _nearest_to(normalized, gamma1) * gamma1
     if normalized.shape == gamma1.shape:
         return gamma1.mul_(normalized)
     _phase_view(gamma1, gamma1.shape[-1] // normalized.shape[-1]).mul_(normalized[:, :, :, None, :, None])
@@ -570,7 +574,6 @@ class SPADEResnetBlock(KernelCache):
         dx = self.conv_0(F.leaky_relu(self.norm_0.modulate(x_norm, actvs[0], inplace=True), 0.2, inplace=True))
         dx = self.conv_1(F.leaky_relu(self.norm_1.modulate(normalize(dx), actvs[1], inplace=True), 0.2, inplace=True))
         return dx.add_(shortcut) if dx.dtype == shortcut.dtype else shortcut + dx
-
 
     def learned_shortcut_from(self, x_norm: torch.Tensor, actv: torch.Tensor) -> torch.Tensor:
         """conv_s(SPADE_s(x)) from IN(x) (B,fin,h,w) and SPADE_s's shared activation (B,128,H,W) -> (B,fout,H,W).
