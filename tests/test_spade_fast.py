@@ -9,6 +9,7 @@ formula, in float32 and bf16, batch 1 and 2, channels-last and NCHW.
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 import torch
@@ -230,17 +231,50 @@ def test_winograd_bf16_error_vs_float32(batch: int, fmt: torch.memory_format) ->
 def test_winograd_shape_rule(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("KDTALKER_BF16_WINOGRAD", raising=False)
     w512 = torch.zeros(512, 512, 3, 3, dtype=torch.bfloat16)
-    assert winograd.preferred(torch.zeros(1, 512, 64, 64, dtype=torch.bfloat16), w512)
+    x512 = torch.zeros(1, 512, 64, 64, dtype=torch.bfloat16)
+    assert winograd.shape_rule(x512, w512)
+    assert winograd.shape_rule(torch.zeros(1, 128, 64, 64, dtype=torch.bfloat16),
+                               torch.zeros(1024, 128, 3, 3, dtype=torch.bfloat16))
+    w64 = torch.zeros(64, 256, 3, 3, dtype=torch.bfloat16)
+    assert not winograd.shape_rule(torch.zeros(1, 256, 64, 64, dtype=torch.bfloat16), w64)  # few outputs
+    # On this CPU: the shape rule, unless the probe found oneDNN's direct convolution clearly faster.
+    assert winograd.preferred(x512, w512) == (not winograd.direct_clearly_faster())
+    assert not winograd.preferred(torch.zeros(1, 256, 64, 64, dtype=torch.bfloat16), w64)
     assert not winograd.preferred(torch.zeros(1, 512, 64, 64), w512.float())  # float32: oneDNN / NNPACK
     assert not winograd.preferred(torch.zeros(1, 512, 63, 64, dtype=torch.bfloat16), w512)  # odd size
-    assert winograd.preferred(torch.zeros(1, 128, 64, 64, dtype=torch.bfloat16),
-                              torch.zeros(1024, 128, 3, 3, dtype=torch.bfloat16))
-    w64 = torch.zeros(64, 256, 3, 3, dtype=torch.bfloat16)
-    assert not winograd.preferred(torch.zeros(1, 256, 64, 64, dtype=torch.bfloat16), w64)  # few outputs
     monkeypatch.setenv("KDTALKER_BF16_WINOGRAD", "0")
-    assert not winograd.preferred(torch.zeros(1, 512, 64, 64, dtype=torch.bfloat16), w512)
+    assert not winograd.preferred(x512, w512)
     monkeypatch.setenv("KDTALKER_BF16_WINOGRAD", "1")
     assert winograd.preferred(torch.zeros(1, 256, 64, 64, dtype=torch.bfloat16), w64)
+    assert not winograd.preferred(torch.zeros(1, 512, 63, 64, dtype=torch.bfloat16), w512)
+
+
+def test_winograd_probe_is_measured_once_per_thread_count() -> None:
+    calls: list[int] = []
+
+    def make(fast: str) -> tuple:
+        def winograd_call() -> None:
+            calls.append(torch.get_num_threads())
+            time.sleep(0.004 if fast == "direct" else 0.0)
+
+        def direct_call() -> None:
+            time.sleep(0.004 if fast == "winograd" else 0.0)
+        return winograd_call, direct_call
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert winograd.probe_says_direct("test-direct-wins", lambda: make("direct"))
+        assert not winograd.probe_says_direct("test-winograd-wins", lambda: make("winograd"))
+        timed = len(calls)
+        assert timed == 8  # one warm-up and three timings per probe, none of them again below
+        assert winograd.probe_says_direct("test-direct-wins", lambda: make("winograd"))  # cached answer
+        assert len(calls) == timed
+        torch.set_num_threads(2)  # another thread count: measured again
+        assert not winograd.probe_says_direct("test-direct-wins", lambda: make("winograd"))
+        assert len(calls) == timed + 4 and calls[-1] == 2
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_spectral_conv_winograd_cache_follows_new_weights(monkeypatch: pytest.MonkeyPatch) -> None:

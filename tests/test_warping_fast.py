@@ -359,7 +359,8 @@ def test_winograd3d_equals_conv3d(dtype: torch.dtype, channels_last: bool, batch
     assert relu.min() >= 0 and _rel(relu, F.relu(ref)) <= tol
 
 
-def test_winograd3d_shape_rule() -> None:
+def test_winograd3d_shape_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KDTALKER_BF16_WINOGRAD3D", raising=False)
     def x(c: int, dtype: torch.dtype = torch.bfloat16, channels_last: bool = True, hw: int = 64) -> torch.Tensor:
         t = torch.empty(1, c, 16, hw, hw, dtype=dtype)
         return t.to(memory_format=torch.channels_last_3d) if channels_last else t
@@ -367,13 +368,20 @@ def test_winograd3d_shape_rule() -> None:
     def w(cout: int, cin: int, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
         return torch.empty(cout, cin, 3, 3, 3, dtype=dtype)
 
-    assert winograd3d.preferred(x(142), w(142, 142))  # the dense-motion decoder's final conv
-    assert winograd3d.preferred(x(128), w(128, 128))
+    # The channel rule, unless the probe found oneDNN's direct convolution clearly faster here.
+    keeps = not winograd3d.direct_clearly_faster()
+    assert winograd3d.preferred(x(142), w(142, 142)) == keeps  # the dense-motion decoder's final conv
+    assert winograd3d.preferred(x(128), w(128, 128)) == keeps
     assert not winograd3d.preferred(x(64, hw=32), w(128, 64))
     assert not winograd3d.preferred(x(110), w(64, 110))  # few output channels: oneDNN wins
     assert not winograd3d.preferred(x(142, torch.float32), w(142, 142, torch.float32))
     assert not winograd3d.preferred(x(142, channels_last=False), w(142, 142))
     assert not winograd3d.preferred(x(142, hw=63), w(142, 142))
+    monkeypatch.setenv("KDTALKER_BF16_WINOGRAD3D", "1")
+    assert winograd3d.preferred(x(110), w(64, 110))
+    assert not winograd3d.preferred(x(142, hw=63), w(142, 142))
+    monkeypatch.setenv("KDTALKER_BF16_WINOGRAD3D", "0")
+    assert not winograd3d.preferred(x(142), w(142, 142))
     assert winograd3d.applicable(torch.nn.Conv3d(4, 4, 3, padding=1))
     assert not winograd3d.applicable(torch.nn.Conv3d(4, 4, 3, padding=2, dilation=2))
 

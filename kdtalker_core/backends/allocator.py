@@ -153,6 +153,11 @@ def reuse_large_blocks(enabled: bool = True) -> Iterator[bool]:
                 libc.malloc_trim(0)
 
 
+def reusing() -> bool:
+    """True while any :func:`reuse_large_blocks` block is in effect (in any thread)."""
+    return _depth > 0
+
+
 @contextmanager
 def large_blocks_from_heap(enabled: bool = True) -> Iterator[None]:
     """Within the block, blocks up to :data:`MMAP_THRESHOLD` come from the heap (where

@@ -19,16 +19,26 @@ convolution (the transformed input and weights are rounded to bf16): 5.7e-3 vs 1
 on unit-variance data, full-size 512->512 at 64x64.
 The output (tens of MiB on the decoder's large maps) is hinted to huge pages before it is
 written, which cuts its first-touch page-fault cost (see :func:`kdtalker_core.backends.allocator.advise_huge_pages`).
-``KDTALKER_BF16_WINOGRAD=0|1`` turns it off / on whatever the shape rule says.
+Whether it pays depends on the CPU as well as the shape: the shape rule (:func:`shape_rule`) was
+measured on a Zen 5 CPU (AVX512-BF16, no AMX). On a CPU with AMX-BF16 oneDNN's direct bf16
+convolutions run much faster (1100-1200 GFLOP/s for 512->512 at 64x64 on a 2-core Xeon), while
+the transforms here stay memory-bound, so the rule may not hold there. :func:`direct_clearly_faster`
+times both on one convolution per process (see :func:`probe_says_direct`) and turns this path off
+where oneDNN wins clearly.
+``KDTALKER_BF16_WINOGRAD=0|1`` turns it off / on whatever the shape rule and the probe say.
 """
 
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 
 from . import allocator
+from .timing import best_seconds_interleaved
 
 _G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
 _AT = ((1.0, 1.0, 1.0, 0.0), (0.0, 1.0, -1.0, -1.0))
@@ -192,16 +202,72 @@ def conv3x3_parts(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None, s
     return parts
 
 
+#: The probe turns a Winograd path off only where oneDNN's direct convolution is faster by more
+#: than this factor: where the two are close, the measured shape rules decide (a probe of a few
+#: milliseconds on a shared machine can swing by more than their difference).
+DIRECT_MARGIN = 1.25
+
+_probe_lock = threading.Lock()
+_probe_answers: dict[tuple[str, int, bool], bool] = {}
+
+
+def probe_says_direct(kind: str, make: Callable[[], tuple[Callable[[], object], Callable[[], object]]]) -> bool:
+    """True when oneDNN's direct convolution beats a Winograd path by more than :data:`DIRECT_MARGIN`.
+
+    ``make()`` builds the two calls to time, (winograd, direct), on one representative
+    convolution of ``kind``. Measured once per process for each ``kind``, intra-op thread count and
+    state of :func:`kdtalker_core.backends.allocator.reusing` (outside it, the Winograd scratch
+    buffers are fresh pages on every call); timings interleaved, best of three. Threads asking at
+    the same time wait for one measurement (taken while the others wait, so it is not slowed by
+    them).
+    """
+    key = (kind, torch.get_num_threads(), allocator.reusing())
+    answer = _probe_answers.get(key)
+    if answer is not None:  # the common case: no lock
+        return answer
+    with _probe_lock:
+        answer = _probe_answers.get(key)
+        if answer is None:
+            with torch.inference_mode():
+                winograd_call, direct_call = make()
+                t_winograd, t_direct = best_seconds_interleaved([winograd_call, direct_call])
+            answer = _probe_answers[key] = t_winograd > DIRECT_MARGIN * t_direct
+        return answer
+
+
+def _probe_calls() -> tuple[Callable[[], object], Callable[[], object]]:
+    """A decoder-like bf16 channels-last convolution, 256->256 at 64x64 (Zen 5, one thread, heap
+    reuse on: Winograd 8.8 ms, oneDNN 11.3 ms)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 256, 64, 64, generator=gen).to(torch.bfloat16, memory_format=torch.channels_last)
+    w = (0.02 * torch.randn(256, 256, 3, 3, generator=gen)).to(torch.bfloat16, memory_format=torch.channels_last)
+    b = torch.zeros(256, dtype=torch.bfloat16)
+    u = transform_weight(w)
+    return (lambda: conv3x3(x, u, b)), (lambda: F.conv2d(x, w, b, padding=1))
+
+
+def direct_clearly_faster() -> bool:
+    """:func:`probe_says_direct` for the 2D path (cached; about 0.1 s the first time)."""
+    return probe_says_direct("conv2d", _probe_calls)
+
+
+def shape_rule(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """The shapes where :func:`conv3x3` beat oneDNN in single-thread measurements on a Zen 5 CPU
+    (AVX512-BF16, no AMX), x (B,Cin,H,W), weight (Cout,Cin,3,3) (direct ms -> Winograd ms): at
+    least 128 input and 256 output channels (512->512 at 64x64: 36.5 -> 23.2; 512->256 at
+    128x128: 75 -> 51; 256->256 at 64x64: 9.0 -> 6.4; 128->1024 at 64x64: 19.1 -> 15.0; 128->512
+    at 256x256: 175 -> 149); with few output channels it loses (256->64, 128->128, 64->64 at
+    256x256: 1.6x slower)."""
+    return x.shape[1] >= 128 and weight.shape[0] >= 256
+
+
 def preferred(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether ``conv3x3`` should replace oneDNN for this bf16 CPU convolution.
 
-    Shape rule from single-thread measurements on a Zen 5 CPU (AVX512-BF16, no AMX) over the
-    decoder's shapes (direct ms -> Winograd ms): it wins with at least 128 input and 256 output
-    channels (512->512 at 64x64: 36.5 -> 23.2; 512->256 at 128x128: 75 -> 51; 256->256 at 64x64:
-    9.0 -> 6.4; 128->1024 at 64x64: 19.1 -> 15.0; 128->512 at 256x256: 175 -> 149) and loses with
-    few output channels (256->64, 128->128, 64->64 at 256x256: 1.6x slower). Only CPU tensors of
-    :data:`DTYPES`, 3x3 kernels, even H and W. ``KDTALKER_BF16_WINOGRAD`` = ``0`` / ``1``
-    overrides the rule (``1`` keeps the dtype / device / size requirements).
+    Only CPU tensors of :data:`DTYPES`, 3x3 kernels, even H and W; then :func:`shape_rule`, unless
+    the probe finds oneDNN clearly faster on this CPU (:func:`direct_clearly_faster`).
+    ``KDTALKER_BF16_WINOGRAD`` = ``0`` / ``1`` overrides the rule and the probe (``1`` keeps the
+    dtype / device / size requirements).
     """
     if (x.device.type != "cpu" or x.dtype not in DTYPES or weight.dtype != x.dtype or x.dim() != 4
             or tuple(weight.shape[2:]) != (3, 3) or x.shape[2] % 2 or x.shape[3] % 2):
@@ -209,4 +275,4 @@ def preferred(x: torch.Tensor, weight: torch.Tensor) -> bool:
     forced = os.environ.get("KDTALKER_BF16_WINOGRAD", "").strip()
     if forced in ("0", "1"):
         return forced == "1"
-    return x.shape[1] >= 128 and weight.shape[0] >= 256
+    return shape_rule(x, weight) and not direct_clearly_faster()

@@ -18,15 +18,19 @@ of the transformed tiles, which cost more than the GEMM saved).
 
 Error (bf16, unit-variance data, full-size 142->142 at 16x64x64, vs float32 conv3d on the same
 rounded inputs): 5.3e-3 max-relative vs 2.1e-3 for oneDNN's direct bf16 convolution (2.5x); RMS
-vs the float32 convolution of the unrounded data 5.1e-3 vs 2.6e-3. ``KDTALKER_BF16_WINOGRAD3D=0|1``
-turns it off / on whatever the shape rule in :func:`preferred` says.
+vs the float32 convolution of the unrounded data 5.1e-3 vs 2.6e-3. As for the 2D path, a probe
+(:func:`direct_clearly_faster`) turns it off on CPUs where oneDNN's direct convolution is clearly
+faster. ``KDTALKER_BF16_WINOGRAD3D=0|1`` turns it off / on whatever the shape rule in
+:func:`preferred` and the probe say.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..backends import winograd
@@ -105,6 +109,24 @@ def applicable(conv: nn.Conv3d) -> bool:
             and conv.padding_mode == "zeros")
 
 
+def _probe_calls() -> tuple[Callable[[], object], Callable[[], object]]:
+    """A dense-motion-like bf16 channels-last-3d convolution, 128->128 at 8x32x32 (Zen 5, one
+    thread, heap reuse on: this path 11.2 ms, oneDNN 16.2 ms)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 128, 8, 32, 32, generator=gen).to(torch.bfloat16, memory_format=torch.channels_last_3d)
+    w = (0.02 * torch.randn(128, 128, 3, 3, 3, generator=gen)).to(torch.bfloat16,
+                                                                  memory_format=torch.channels_last_3d)
+    b = torch.zeros(128, dtype=torch.bfloat16)
+    u = transform_weight3d(w)
+    return (lambda: conv3x3x3(x, u, b)), (lambda: F.conv3d(x, w, b, padding=1))
+
+
+def direct_clearly_faster() -> bool:
+    """:func:`kdtalker_core.backends.winograd.probe_says_direct` for this path (cached; about
+    0.1 s the first time)."""
+    return winograd.probe_says_direct("conv3d", _probe_calls)
+
+
 def preferred(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether :func:`conv3x3x3` should replace oneDNN for this 3x3x3 convolution of x (B,Cin,D,H,W).
 
@@ -112,8 +134,9 @@ def preferred(x: torch.Tensor, weight: torch.Tensor) -> bool:
     measurements on a Zen 5 EPYC (AVX512-BF16, no AMX), D = 16 (direct ms -> this ms): it wins with
     at least 128 input and output channels (142->142 at 64x64: 136 -> 105; 128->128 at 64x64:
     103 -> 76) and loses with fewer output channels (110->64 at 64x64: 44 -> 48; 128->32: 26 -> 35);
-    64->128 at 32x32 (13.7 -> 12.0 alone) gained nothing inside the warping network.
-    ``KDTALKER_BF16_WINOGRAD3D`` = ``0`` / ``1`` overrides the channel rule.
+    64->128 at 32x32 (13.7 -> 12.0 alone) gained nothing inside the warping network. Off where the
+    probe finds oneDNN clearly faster on this CPU (:func:`direct_clearly_faster`).
+    ``KDTALKER_BF16_WINOGRAD3D`` = ``0`` / ``1`` overrides the channel rule and the probe.
     """
     if (x.device.type != "cpu" or x.dtype not in DTYPES or weight.dtype != x.dtype or x.dim() != 5
             or tuple(weight.shape[2:]) != (3, 3, 3) or x.shape[3] % 2 or x.shape[4] % 2
@@ -122,4 +145,4 @@ def preferred(x: torch.Tensor, weight: torch.Tensor) -> bool:
     forced = os.environ.get("KDTALKER_BF16_WINOGRAD3D", "").strip()
     if forced in ("0", "1"):
         return forced == "1"
-    return weight.shape[0] >= 128 and weight.shape[1] >= 128
+    return weight.shape[0] >= 128 and weight.shape[1] >= 128 and not direct_clearly_faster()
