@@ -21,13 +21,13 @@ import shutil
 import sys
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .backends import allocator, nnpack
+from .backends import allocator, nnpack, winograd
 from .errors import InputError
 from .frame_threads import frame_pool, map_in_order
 from .frame_threads import frame_threads as threads_for_frames
@@ -195,6 +195,16 @@ def _progress(callback: Callable[[int, int], None], first: int, total: int, k: i
     callback(first + k, total)
 
 
+@contextmanager
+def _scratch_released() -> Iterator[None]:
+    """On leaving, the calling thread's kept Winograd scratch buffers are freed (the frame
+    threads' go with their threads); see :func:`kdtalker_core.backends.winograd.scratch_buffer`."""
+    try:
+        yield
+    finally:
+        winograd.release_scratch()
+
+
 def render_frames(
     warping_network: torch.nn.Module,
     spade_decoder: torch.nn.Module,
@@ -275,7 +285,7 @@ def render_frames(
     # CPU, reduced precision: the networks' large freed maps stay in the heap for the next frame
     # (no page faults); between chunks, while the caller holds one, glibc's defaults apply.
     with (allocator.reuse_large_blocks(allocator.wanted(device, dtype)) as reuse,
-          frame_pool(workers) as pool):
+          frame_pool(workers) as pool, _scratch_released()):
         while done < total:
             stop = min(total, done + chunk_size)
             with allocator.large_blocks_from_heap(reuse):

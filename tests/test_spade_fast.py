@@ -9,6 +9,7 @@ formula, in float32 and bf16, batch 1 and 2, channels-last and NCHW.
 from __future__ import annotations
 
 import math
+import threading
 import time
 
 import pytest
@@ -419,6 +420,53 @@ def test_winograd_parts_are_dense_slices_of_the_whole(split: int | list[int]) ->
     assert torch.equal(torch.cat(parts, dim=1), whole)
     with pytest.raises(ValueError, match="cover"):
         winograd.conv3x3_parts(x, u, bias, [2, 2])
+
+
+def test_winograd_scratch_is_kept_per_thread_outside_heap_reuse() -> None:
+    # Outside the render's heap reuse, one thread gets the same buffer back for a slot (grown when
+    # asked for more); another thread gets its own; release frees them.
+    like = torch.empty(0, dtype=torch.bfloat16)
+    winograd.release_scratch()
+    first = winograd.scratch_buffer("test", 100, like)
+    again = winograd.scratch_buffer("test", 60, like)
+    assert again.data_ptr() == first.data_ptr() and again.numel() == 60 and again.dtype == torch.bfloat16
+    grown = winograd.scratch_buffer("test", 1000, like)
+    assert grown.numel() == 1000
+    assert winograd.scratch_buffer("test", 10, like).data_ptr() == grown.data_ptr()
+    assert winograd.scratch_buffer("other", 10, like).data_ptr() != grown.data_ptr()
+    other_thread: list[int] = []
+    worker = threading.Thread(target=lambda: other_thread.append(winograd.scratch_buffer("test", 10, like).data_ptr()))
+    worker.start()
+    worker.join()
+    assert other_thread[0] != grown.data_ptr()
+    with torch.inference_mode():  # inference tensors cannot be written outside: a buffer of its own
+        inference = winograd.scratch_buffer("test", 10, like)
+        assert inference.is_inference() and inference.data_ptr() != grown.data_ptr()
+    assert not winograd.scratch_buffer("test", 10, like).is_inference()
+    if allocator.available():
+        with allocator.reuse_large_blocks():  # the heap keeps freed blocks: plain allocations
+            a = winograd.scratch_buffer("test", 10, like)
+            b = winograd.scratch_buffer("test", 10, like)
+            assert a.data_ptr() != b.data_ptr() != grown.data_ptr()
+    winograd.release_scratch()
+
+
+@pytest.mark.parametrize("fmt", LAYOUTS)
+def test_winograd_kept_scratch_carries_nothing_between_convolutions(fmt: torch.memory_format) -> None:
+    # Kept buffers hold the previous convolution's data (a larger map, another channel count): the
+    # next one must not read any of it (zero padding rows and columns included).
+    winograd.release_scratch()
+    small = _map((1, 6, 8, 10), torch.float32, fmt, 46, offset=1.0)
+    w_small = _map((5, 6, 3, 3), torch.float32, torch.contiguous_format, 47)
+    large = _map((2, 9, 20, 12), torch.float32, fmt, 48, offset=-2.0)
+    w_large = _map((11, 9, 3, 3), torch.float32, torch.contiguous_format, 49)
+    u_small, u_large = winograd.transform_weight(w_small), winograd.transform_weight(w_large)
+    before = winograd.conv3x3(small, u_small, None, band_bytes=2000)
+    winograd.conv3x3(large, u_large, None)
+    after = winograd.conv3x3(small, u_small, None, band_bytes=2000)
+    assert torch.equal(after, before)
+    torch.testing.assert_close(after, F.conv2d(small, w_small, None, padding=1), atol=1e-5, rtol=1e-5)
+    winograd.release_scratch()
 
 
 def test_winograd_large_output_with_huge_page_hint() -> None:

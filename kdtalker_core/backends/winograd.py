@@ -100,17 +100,50 @@ def output_matrix(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return torch.einsum("ia,jb->ijab", at, at).reshape(4, 16).to(dtype=dtype, device=device)
 
 
+_thread_scratch = threading.local()
+
+
+def scratch_buffer(slot: str, numel: int, like: torch.Tensor) -> torch.Tensor:
+    """A flat tensor of ``numel`` elements in like's dtype and device, for scratch use; contents undefined.
+
+    While :func:`kdtalker_core.backends.allocator.reusing` (the render on glibc, whose heap keeps
+    freed blocks), a plain allocation. Elsewhere (macOS, Windows, musl, or glibc outside the render)
+    freed blocks of this size go back to the system and come back as fresh pages, faulted in on
+    every call (a 256->256 convolution at 64x64, one thread: 26 ms against 9 ms); there it is
+    this thread's buffer for ``slot``, kept and grown as needed, until :func:`release_scratch` or
+    the thread's end.
+    """
+    if allocator.reusing():
+        return like.new_empty(numel)
+    buffers = getattr(_thread_scratch, "buffers", None)
+    if buffers is None:
+        buffers = _thread_scratch.buffers = {}
+    # Inference-mode tensors cannot be written outside inference mode: one buffer for each mode.
+    key = (slot, like.dtype, like.device, torch.is_inference_mode_enabled())
+    buf = buffers.get(key)
+    if buf is None or buf.numel() < numel:
+        buffers.pop(key, None)  # the old buffer goes before the larger one comes
+        buf = buffers[key] = like.new_empty(numel)
+    return buf[:numel]
+
+
+def release_scratch() -> None:
+    """Free the calling thread's kept scratch buffers (see :func:`scratch_buffer`)."""
+    _thread_scratch.buffers = {}
+
+
 class BandScratch:
     """Buffers reused by :func:`transform_band` for bands of up to ``band`` tile rows of ``rows``
     input maps shaped like x (B,C,H,W) (or x's (H,W,C) planes): one zero-padded band of input rows
-    (its left and right columns stay zero) and the row-transform scratch."""
+    (its left and right columns stay zero) and the row-transform scratch (see :func:`scratch_buffer`)."""
 
     def __init__(self, x: torch.Tensor, rows: int, band: int) -> None:
         c, w = x.shape[1], x.shape[-1]
-        self.xp = x.new_empty(rows, 2 * band + 2, w + 2, c)
+        self.xp = scratch_buffer("band", rows * (2 * band + 2) * (w + 2) * c, x).view(rows, 2 * band + 2, w + 2, c)
         self.xp[:, :, 0].zero_()
         self.xp[:, :, w + 1].zero_()
-        self.r_buf = x.new_empty(4 * rows * band * (w + 2) * c)  # flat: a shorter band gets contiguous views
+        # Flat: a shorter band gets contiguous views.
+        self.r_buf = scratch_buffer("rows", 4 * rows * band * (w + 2) * c, x)
 
 
 def transform_band(xl: torch.Tensor, t0: int, n: int, scratch: BandScratch, v: torch.Tensor) -> None:
@@ -183,9 +216,9 @@ def conv3x3_parts(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None, s
     band = max(1, min(th, band_bytes // (16 * b * tw * max(c, cout) * x.element_size())))
     scratch = BandScratch(x, b, band)
     # Scratch reused by every band (flat, so that a shorter last band still gets contiguous views).
-    v_buf = x.new_empty(16 * b * band * tw * c)
-    m_buf = x.new_empty(16 * b * band * tw * cout)
-    y_buf = x.new_empty(4 * b * band * tw * cout)
+    v_buf = scratch_buffer("v", 16 * b * band * tw * c, x)
+    m_buf = scratch_buffer("m", 16 * b * band * tw * cout, x)
+    y_buf = scratch_buffer("y", 4 * b * band * tw * cout, x)
     for t0 in range(0, th, band):
         n = min(band, th - t0)
         v = v_buf[:16 * b * n * tw * c].view(16, b * n * tw, c)

@@ -67,9 +67,10 @@ def conv3x3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None, relu:
     tiles = out.permute(0, 2, 3, 4, 1).view(b, d, th, 2, tw, 2, cout)
     band = max(1, min(th, band_bytes // (16 * tw * max(c, cout) * x.element_size())))
     # Buffers reused across bands and planes (sized for a full band, viewed smaller for the last).
-    ring_bufs = [x.new_empty(16 * band * tw * c) for _ in range(3)]
+    ring_bufs = [winograd.scratch_buffer(f"ring{k}", 16 * band * tw * c, x) for k in range(3)]
     scratch = winograd.BandScratch(x, 1, band)
-    m_buf, y_buf = x.new_empty(16 * band * tw * cout), x.new_empty(4 * band * tw * cout)
+    m_buf = winograd.scratch_buffer("m", 16 * band * tw * cout, x)
+    y_buf = winograd.scratch_buffer("y", 4 * band * tw * cout, x)
     for t0 in range(0, th, band):
         n = min(band, th - t0)
         ring = [r[:16 * n * tw * c].view(4, 4, 1, n, tw, c) for r in ring_bufs]
