@@ -249,8 +249,8 @@ def probe_says_direct(kind: str, make: Callable[[], tuple[Callable[[], object], 
 
     ``make()`` builds the two calls to time, (winograd, direct), on one representative
     convolution of ``kind``. Measured once per process for each ``kind``, intra-op thread count and
-    state of :func:`kdtalker_core.backends.allocator.reusing` (outside it, the Winograd scratch
-    buffers are fresh pages on every call); timings interleaved, best of three. Threads asking at
+    state of :func:`kdtalker_core.backends.allocator.reusing` (which decides where both
+    convolutions' buffers come from); timings interleaved, best of three. Threads asking at
     the same time wait for one measurement (taken while the others wait, so it is not slowed by
     them).
     """
