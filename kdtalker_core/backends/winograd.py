@@ -37,6 +37,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from ..precision import cpu_has_native_bf16
 from . import allocator
 from .timing import best_seconds_interleaved
 
@@ -252,8 +253,13 @@ def probe_says_direct(kind: str, make: Callable[[], tuple[Callable[[], object], 
     state of :func:`kdtalker_core.backends.allocator.reusing` (which decides where both
     convolutions' buffers come from); timings interleaved, best of three. Threads asking at
     the same time wait for one measurement (taken while the others wait, so it is not slowed by
-    them).
+    them). False without measuring on a CPU without native bf16 (AVX512-BF16 / AMX-BF16), where
+    both forms run reference kernels and bf16 is not chosen by default.
     """
+    if not cpu_has_native_bf16():
+        # No native bf16 here: both forms run slow reference kernels (seconds for one probe) and
+        # bf16 is never chosen by default; keep the shape rules.
+        return False
     key = (kind, torch.get_num_threads(), allocator.reusing())
     answer = _probe_answers.get(key)
     if answer is not None:  # the common case: no lock
