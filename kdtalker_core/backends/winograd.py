@@ -1,22 +1,42 @@
-"""Winograd F(2x2, 3x3) convolutions for bf16 on the CPU, in plain PyTorch ops.
+"""Winograd convolutions for bf16 3x3 convolutions on the CPU, in plain PyTorch ops.
 
-A 3x3 convolution (stride 1, zero padding 1) over 2x2 output tiles becomes 16 independent
-matrix products (one per point of the 4x4 transformed tile): (tiles, Cin) @ (Cin, Cout), i.e.
-16 multiplies per 4 outputs instead of 36, at the price of a cheap input and output transform.
-oneDNN's bf16 direct convolution is slower than this on AVX512-BF16 CPUs without AMX for
-convolutions with many output channels (see :func:`preferred`); for float32 it loses (oneDNN's
+A 3x3 convolution (stride 1, zero padding 1) over tiles of output pixels becomes independent
+matrix products, one per point of the transformed input tile: (tiles, Cin) @ (Cin, Cout). Two
+tile forms:
+
+- F(2x2, 3x3) (:data:`F2X2`): 4x4 transformed tiles, 16 multiplies per 4 outputs instead of 36;
+- F(2x4, 3x3) (:data:`F2X4`, the default where W is a multiple of 4): F(2,3) along the rows and
+  F(4,3) along the columns, 4x6 transformed tiles, 24 multiplies per 8 outputs (3 per output
+  instead of 4: a quarter fewer than F(2x2)), and a quarter fewer transformed values per output.
+
+oneDNN's bf16 direct convolution is slower than these on AVX512-BF16 CPUs without AMX for
+convolutions with many output channels (see :func:`preferred`); for float32 they lose (oneDNN's
 float32 GEMMs are slow on the CPU it was tuned on, and NNPACK is faster), and on CUDA cuDNN is
 left alone.
 
-Transforms (the standard F(2,3) matrices; weights transformed once, in float32, then cast):
-    U = G g G^T     G   = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]
-    V = B^T d B     B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]
-    Y = A^T M A     A^T = [[1, 1, 1, 0], [0, 1, -1, -1]],   M = V (.) U summed over Cin
+Transforms (weights transformed once, in float64, then cast; rows of B^T may be scaled, with
+the matching rows of G scaled inversely):
+    F(2,3), points 0, 1, -1, inf:
+    G   = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]
+    B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]
+    A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]
+    F(4,3), points 0, 1, -1, 2, -1/2, inf (the set with the smallest rounding error for F(4,3)
+    found here: 1.16e-2 relative per bf16 convolution against 1.35e-2 for 0, +-1, +-2):
+    G   = [[1, 0, 0], [1/3, 1/3, 1/3], [-1/3, 1/3, -1/3], [-1/15, -2/15, -4/15],
+           [16/15, -8/15, 4/15], [0, 0, 1]]
+    B^T = [[1, 3/2, -2, -3/2, 1, 0], [0, 1, 5/2, 1/2, -1, 0], [0, -1, -1/2, 5/2, -1, 0],
+           [0, 1/2, 1, -1/2, -1, 0], [0, -2, 1, 2, -1, 0], [0, 1, 3/2, -2, -3/2, 1]]
+    A^T = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -1/2, 0], [0, 1, 1, 4, 1/4, 0], [0, 1, -1, 8, -1/8, 1]]
+    U = G_r g G_c^T,  V = B_r^T d B_c,  Y = A_r^T M A_c,  M = V (.) U summed over Cin
 
-The bias is added at transform point (1,1), the only one that A^T . A spreads evenly to all
-four outputs of a tile. Error (bf16): about 3.5x the relative error of the direct bf16
-convolution (the transformed input and weights are rounded to bf16): 5.7e-3 vs 1.7e-3 relative
-on unit-variance data, full-size 512->512 at 64x64.
+The bias is added at transform point (1,1) (the points at 1, whose columns of A^T are all ones),
+which A^T . A spreads evenly to all outputs of a tile. Error (bf16, unit-variance data, full-size
+convolutions, relative to float32): direct bf16 convolution 2.9e-3, F(2x2) 6.1e-3, F(2x4)
+1.16e-2 (the transformed inputs and weights and the products are rounded to bf16, and the
+output transform of F(4,3) amplifies those roundings). A whole 512 px frame of the warping network
+and decoder in bf16 against float32 (random weights, ``bench/bench_render.py``): 50.3 dB PSNR with
+F(2x2), 46.7 dB with F(2x4), about 54 dB without Winograd. The render in bf16 (two frame threads,
+Zen 5): F(2x4) 1.03 s a frame against F(2x2) 1.18 s (medians of six interleaved runs).
 The output (tens of MiB on the decoder's large maps) is hinted to huge pages before it is
 written, which cuts its first-touch page-fault cost (see :func:`kdtalker_core.backends.allocator.advise_huge_pages`).
 Whether it pays depends on the CPU as well as the shape: the shape rule (:func:`shape_rule`) was
@@ -25,7 +45,8 @@ convolutions run much faster (1100-1200 GFLOP/s for 512->512 at 64x64 on a 2-cor
 the transforms here stay memory-bound, so the rule may not hold there. :func:`direct_clearly_faster`
 times both on one convolution per process (see :func:`probe_says_direct`) and turns this path off
 where oneDNN wins clearly.
-``KDTALKER_BF16_WINOGRAD=0|1`` turns it off / on whatever the shape rule and the probe say.
+``KDTALKER_BF16_WINOGRAD=0|1`` turns it off / on whatever the shape rule and the probe say;
+``KDTALKER_BF16_WINOGRAD_TILE=2x2`` keeps the more accurate F(2x2) form (see :func:`form_for`).
 """
 
 from __future__ import annotations
@@ -33,6 +54,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -43,45 +65,39 @@ from .timing import best_seconds_interleaved
 
 _G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
 _AT = ((1.0, 1.0, 1.0, 0.0), (0.0, 1.0, -1.0, -1.0))
+_G4 = ((1.0, 0.0, 0.0), (1 / 3, 1 / 3, 1 / 3), (-1 / 3, 1 / 3, -1 / 3), (-1 / 15, -2 / 15, -4 / 15),
+       (16 / 15, -8 / 15, 4 / 15), (0.0, 0.0, 1.0))
+_AT4 = ((1.0, 1.0, 1.0, 1.0, 1.0, 0.0), (0.0, 1.0, -1.0, 2.0, -0.5, 0.0), (0.0, 1.0, 1.0, 4.0, 0.25, 0.0),
+        (0.0, 1.0, -1.0, 8.0, -0.125, 1.0))
 
 #: The dtypes this path runs in (float32 would lose against oneDNN / NNPACK here).
 DTYPES = (torch.bfloat16,)
 
 
-#: Storage order of the four transform points along each axis: the points whose rows of B^T
-#: share a pattern (x[k] - x[k+2] for k = 0, 1) sit next to each other, so that the input
-#: transform needs 3 ops per axis instead of 4 (see :func:`_input_transform`).
+#: Storage order of the four F(2,3) transform points along an axis: the points whose rows of B^T
+#: share a pattern (x[k] - x[k+2] for k = 0, 1) sit next to each other, so that the transform
+#: needs 3 ops per axis instead of 4 (see :func:`_row_transform`).
 _ORDER = (0, 3, 1, 2)
+#: Storage order of the six F(4,3) points along the columns: rows 0 and 5 of B^T have the same
+#: pattern one column apart and are made by one op (see :func:`_columns_f4`).
+_ORDER4 = (0, 5, 1, 2, 3, 4)
 
 
-def transform_weight(weight: torch.Tensor) -> torch.Tensor:
-    """weight (Cout,Cin,3,3) -> U (16,Cin,Cout) contiguous in weight's dtype (transformed in float32).
-
-    U[4p+q] = (G g G^T)[_ORDER[p], _ORDER[q]] as a (Cin,Cout) matrix.
-    """
-    g = torch.tensor(_G, dtype=torch.float32, device=weight.device)[list(_ORDER)]
-    u = torch.einsum("ai,kcij,bj->abck", g, weight.float(), g)  # (4,4,Cin,Cout)
-    return u.reshape(16, weight.shape[1], weight.shape[0]).to(weight.dtype).contiguous()
-
-
-def _pairs(t: torch.Tensor, dim: int, start: int, length: int) -> torch.Tensor:
-    """View (2, ...) of t's slices start + k : start + k + 2*length : 2 along dim, for k = 0, 1 (no copy)."""
+def _pairs(t: torch.Tensor, dim: int, start: int, length: int, step: int = 2) -> torch.Tensor:
+    """View (2, ...) of t's slices start + k : start + k + step*length : step along dim, for k = 0, 1 (no copy)."""
     shape, stride = list(t.shape), list(t.stride())
     shape[dim] = length
-    stride[dim] *= 2
+    stride[dim] *= step
     return t.as_strided([2, *shape], [t.stride(dim), *stride], t.storage_offset() + start * t.stride(dim))
 
 
-def _input_transform(xp: torch.Tensor, tile_rows: int, r: torch.Tensor, v: torch.Tensor) -> None:
-    """Zero-padded rows xp (B, 2*tile_rows+2, W+2, C), W even -> v (4, 4, B, tile_rows, W/2, C) in xp's dtype.
+def _row_transform(xp: torch.Tensor, tile_rows: int, r: torch.Tensor) -> None:
+    """F(2,3) along the rows: zero-padded rows xp (B, 2*tile_rows+2, W+2, C) -> r (4, B, tile_rows, W+2, C).
 
-    v[p, q] = (B^T d B)[_ORDER[p], _ORDER[q]] for every tile d; r (4, B, tile_rows, W+2, C) is scratch
-    for the row pass. Each pass is three elementwise ops: rows (0, 3) of B^T as one op on pairs of
+    r[p] = rows (B^T d)[_ORDER[p]] of every tile row: rows (0, 3) of B^T as one op on pairs of
     strided views (x[k] - x[k+2], k = 0, 1), then x[1] + x[2] and x[2] - x[1].
     """
     th = tile_rows
-    w = xp.shape[2] - 2
-    tw = w // 2
 
     def rows(i: int) -> torch.Tensor:
         return xp[:, i:i + 2 * th:2]
@@ -89,16 +105,119 @@ def _input_transform(xp: torch.Tensor, tile_rows: int, r: torch.Tensor, v: torch
     torch.sub(_pairs(xp, 1, 0, th), _pairs(xp, 1, 2, th), out=r[0:2])
     torch.add(rows(1), rows(2), out=r[2])
     torch.sub(rows(2), rows(1), out=r[3])
+
+
+def _columns_f2(r: torch.Tensor, v: torch.Tensor, s: torch.Tensor) -> None:
+    """F(2,3) along the columns: r (4, B, n, W+2, C) -> v (4, 4, B, n, W/2, C), same three ops as
+    :func:`_row_transform` on pairs of columns (``s`` unused)."""
+    w = r.shape[3] - 2
+    tw = w // 2
     c1, c2 = r[..., 1:1 + w:2, :], r[..., 2:2 + w:2, :]
     torch.sub(_pairs(r, 3, 0, tw).transpose(0, 1), _pairs(r, 3, 2, tw).transpose(0, 1), out=v[:, 0:2])
     torch.add(c1, c2, out=v[:, 2])
     torch.sub(c2, c1, out=v[:, 3])
 
 
+def _columns_f4(r: torch.Tensor, v: torch.Tensor, s: torch.Tensor) -> None:
+    """F(4,3) along the columns: r (4, B, n, W+2, C) -> v (4, 6, B, n, W/4, C) in storage order
+    :data:`_ORDER4`, with scratch s (4, 4, B, n, W/4, C); 11 elementwise ops.
+
+    With d0..d5 the six input columns of a tile (stride 4 between tiles), p = d4 - d2 and
+    q = d1 - d3 (B^T rows 1-4 negated, G rows likewise):
+    rows 0, 5 = (d0 + d4 - 2 d2, d1 + d5 - 2 d3) + 3/2 (d1 - d3, d2 - d4) (pairs of columns);
+    -row 1 = (q - p) + 3/2 (d2 + d3); -row 2 = -(p + q) - 3/2 (d2 - d3);
+    -row 3 = 1/2 q - p;  -row 4 = -2 q - p.
+    """
+    tw = (r.shape[3] - 2) // 4
+
+    def col(k: int) -> torch.Tensor:
+        return r[..., k:k + 4 * (tw - 1) + 1:4, :]
+
+    def col_pair(k: int) -> torch.Tensor:
+        return _pairs(r, 3, k, tw, step=4)  # (2, 4, B, n, tw, C): columns k, k + 1 of every tile
+
+    outer, diff = s[0:2], s[2:4]
+    torch.add(col_pair(0), col_pair(4), out=outer)
+    outer.add_(col_pair(2), alpha=-2)
+    torch.sub(col_pair(1), col_pair(3), out=diff)  # (q, -p)
+    torch.add(outer, diff, alpha=1.5, out=v[:, 0:2].transpose(0, 1))
+    q, minus_p = diff[0], diff[1]
+    torch.add(minus_p, q, alpha=-2, out=v[:, 5])
+    torch.add(minus_p, q, alpha=0.5, out=v[:, 4])
+    total, gap = s[0], s[1]  # outer is no longer needed
+    torch.add(col(2), col(3), out=total)
+    torch.sub(col(2), col(3), out=gap)
+    torch.add(minus_p, q, out=v[:, 2]).add_(total, alpha=1.5)
+    torch.sub(minus_p, q, out=v[:, 3]).add_(gap, alpha=-1.5)
+
+
+@dataclass(frozen=True)
+class TileForm:
+    """One Winograd form F(2 x ``tile_w``, 3x3): F(2,3) along the rows, F(``tile_w``,3) along the
+    columns; ``points`` = 4 * (``tile_w`` + 2) transform points per tile."""
+
+    name: str
+    tile_w: int
+    g_columns: tuple[tuple[float, ...], ...]
+    at_columns: tuple[tuple[float, ...], ...]
+    order_columns: tuple[int, ...]
+    columns: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]
+    #: Units of (4, B, n, W/tile_w, C) of column scratch the column transform needs.
+    column_scratch: int
+
+    @property
+    def points(self) -> int:
+        return 4 * (self.tile_w + 2)
+
+    @property
+    def bias_point(self) -> int:
+        """Index of transform point (1,1) in U / V / M storage order (where the bias goes)."""
+        return len(self.order_columns) * _ORDER.index(1) + self.order_columns.index(1)
+
+    def transform_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        """weight (Cout,Cin,3,3) -> U (points,Cin,Cout) contiguous in weight's dtype (made in float64).
+
+        U[len(order_columns) * p + q] = (G_r g G_c^T)[_ORDER[p], order_columns[q]] as a (Cin,Cout) matrix.
+        """
+        g_rows = torch.tensor(_G, dtype=torch.float64, device=weight.device)[list(_ORDER)]
+        g_cols = torch.tensor(self.g_columns, dtype=torch.float64, device=weight.device)[list(self.order_columns)]
+        u = torch.einsum("ai,kcij,bj->abck", g_rows, weight.double(), g_cols)
+        return u.reshape(self.points, weight.shape[1], weight.shape[0]).to(weight.dtype).contiguous()
+
+    def output_matrix(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """(2*tile_w, points): row tile_w*i + j holds A_r^T[i,a] * A_c^T[j,b] at the storage column
+        of point (a, b) (entries are powers of two: exact in bf16)."""
+        a_rows = torch.tensor(_AT, dtype=torch.float64)[:, list(_ORDER)]
+        a_cols = torch.tensor(self.at_columns, dtype=torch.float64)[:, list(self.order_columns)]
+        return torch.einsum("ia,jb->ijab", a_rows, a_cols).reshape(2 * self.tile_w, self.points).to(
+            dtype=dtype, device=device)
+
+
+#: F(2x2, 3x3): the 3D path (:mod:`kdtalker_core.networks.winograd3d`), and maps whose width is
+#: not a multiple of 4.
+F2X2 = TileForm("2x2", 2, _G, _AT, _ORDER, _columns_f2, 0)
+#: F(2x4, 3x3): the 2D default where the width is a multiple of 4.
+F2X4 = TileForm("2x4", 4, _G4, _AT4, _ORDER4, _columns_f4, 4)
+_FORMS = {form.points: form for form in (F2X2, F2X4)}
+
+
+def form_for(x: torch.Tensor) -> TileForm:
+    """The tile form for a 2D convolution of x (B,C,H,W): :data:`F2X4` where W is a multiple of 4,
+    else :data:`F2X2`; ``KDTALKER_BF16_WINOGRAD_TILE=2x2`` always picks F2X2 (frames about 3.5 dB
+    closer to float32, the render about 13% slower on the Zen 5 machine)."""
+    if x.shape[-1] % 4 or os.environ.get("KDTALKER_BF16_WINOGRAD_TILE", "").strip() == "2x2":
+        return F2X2
+    return F2X4
+
+
+def transform_weight(weight: torch.Tensor, form: TileForm = F2X2) -> torch.Tensor:
+    """weight (Cout,Cin,3,3) -> U (form.points,Cin,Cout) (see :meth:`TileForm.transform_weight`)."""
+    return form.transform_weight(weight)
+
+
 def output_matrix(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """(4,16): row 2i+j holds A^T[i,a] * A^T[j,b] at column 4p+q, (a, b) = _ORDER[p, q] (entries 0, +-1: exact)."""
-    at = torch.tensor(_AT, dtype=torch.float32)[:, list(_ORDER)]
-    return torch.einsum("ia,jb->ijab", at, at).reshape(4, 16).to(dtype=dtype, device=device)
+    """F(2x2)'s (4,16) output transform (see :meth:`TileForm.output_matrix`)."""
+    return F2X2.output_matrix(dtype, device)
 
 
 _thread_scratch = threading.local()
@@ -136,21 +255,24 @@ def release_scratch() -> None:
 class BandScratch:
     """Buffers reused by :func:`transform_band` for bands of up to ``band`` tile rows of ``rows``
     input maps shaped like x (B,C,H,W) (or x's (H,W,C) planes): one zero-padded band of input rows
-    (its left and right columns stay zero) and the row-transform scratch (see :func:`scratch_buffer`)."""
+    (its left and right columns stay zero), the row-transform scratch and the column-transform
+    scratch of ``form`` (see :func:`scratch_buffer`)."""
 
-    def __init__(self, x: torch.Tensor, rows: int, band: int) -> None:
+    def __init__(self, x: torch.Tensor, rows: int, band: int, form: TileForm = F2X2) -> None:
         c, w = x.shape[1], x.shape[-1]
         self.xp = scratch_buffer("band", rows * (2 * band + 2) * (w + 2) * c, x).view(rows, 2 * band + 2, w + 2, c)
         self.xp[:, :, 0].zero_()
         self.xp[:, :, w + 1].zero_()
         # Flat: a shorter band gets contiguous views.
         self.r_buf = scratch_buffer("rows", 4 * rows * band * (w + 2) * c, x)
+        self.s_buf = scratch_buffer("cols", form.column_scratch * 4 * rows * band * (w // form.tile_w) * c, x)
 
 
-def transform_band(xl: torch.Tensor, t0: int, n: int, scratch: BandScratch, v: torch.Tensor) -> None:
+def transform_band(xl: torch.Tensor, t0: int, n: int, scratch: BandScratch, v: torch.Tensor,
+                   form: TileForm = F2X2) -> None:
     """Transformed tiles of tile rows [t0, t0 + n) of xl (B,H,W,C) (channels innermost, any strides)
-    into v (4, 4, B, n, W/2, C): the band's input rows are copied into ``scratch``'s zero-padded
-    buffer (rows -1 and H are the padding), then :func:`_input_transform` runs on it."""
+    into v (4, tile_w + 2, B, n, W/tile_w, C): the band's input rows are copied into ``scratch``'s
+    zero-padded buffer (rows -1 and H are the padding), then the row and column transforms run on it."""
     b, h, w, c = xl.shape
     lo, hi = 2 * t0 - 1, 2 * (t0 + n) + 1  # input rows of this band, padding rows outside [0, h)
     xb = scratch.xp[:b, :2 * n + 2]
@@ -160,25 +282,31 @@ def transform_band(xl: torch.Tensor, t0: int, n: int, scratch: BandScratch, v: t
         xb[:, 2 * n + 1].zero_()
     k0, k1 = max(lo, 0), min(hi, h)
     xb[:, k0 - lo:k1 - lo, 1:w + 1].copy_(xl[:, k0:k1])
-    _input_transform(xb, n, scratch.r_buf[:4 * b * n * (w + 2) * c].view(4, b, n, w + 2, c), v)
+    r = scratch.r_buf[:4 * b * n * (w + 2) * c].view(4, b, n, w + 2, c)
+    _row_transform(xb, n, r)
+    tw = w // form.tile_w
+    s = scratch.s_buf[:form.column_scratch * 4 * b * n * tw * c].view(form.column_scratch, 4, b, n, tw, c)
+    form.columns(r, v, s)
 
 
 #: Bytes of transformed tiles per band (V or M); bands keep them cache-resident.
 BAND_BYTES = 8 << 20
 
-#: Index of transform point (1,1) in U / V / M storage order (where the bias goes).
-BIAS_POINT = 4 * _ORDER.index(1) + _ORDER.index(1)
+#: Index of transform point (1,1) in F(2x2)'s U / V / M storage order (where the bias goes).
+BIAS_POINT = F2X2.bias_point
 
 
 def conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None, band_bytes: int = BAND_BYTES) -> torch.Tensor:
-    """``F.conv2d(x, weight, bias, padding=1)`` by Winograd F(2x2,3x3); ``u = transform_weight(weight)``.
+    """``F.conv2d(x, weight, bias, padding=1)`` by Winograd; ``u = transform_weight(weight, form)``,
+    whose number of transform points picks the form (16: F(2x2), 24: F(2x4)).
 
-    x (B,Cin,H,W) with H, W even, any memory format; u (16,Cin,Cout) and bias (Cout,) in x's
-    dtype -> (B,Cout,H,W) channels-last in x's dtype. The output transform is one matrix product
-    (its sums accumulate in float32 inside the GEMM, so only its result is rounded). The map is
-    processed in bands of tile rows so that the transformed tiles (about ``band_bytes`` per band)
-    stay in cache: 8 MiB measured up to 1.9x faster than one band on 128x128 maps. Each band is
-    zero-padded into a small reused buffer (no padded copy of the whole map).
+    x (B,Cin,H,W) with H even and W a multiple of the form's tile width, any memory format;
+    u (points,Cin,Cout) and bias (Cout,) in x's dtype -> (B,Cout,H,W) channels-last in x's dtype.
+    The output transform is one matrix product (its sums accumulate in float32 inside the GEMM, so
+    only its result is rounded). The map is processed in bands of tile rows so that the
+    transformed tiles (about ``band_bytes`` per band) stay in cache: 8 MiB measured up to 1.9x
+    faster than one band on 128x128 maps. Each band is zero-padded into a small reused buffer (no
+    padded copy of the whole map).
     """
     return conv3x3_parts(x, u, bias, None, band_bytes)[0]
 
@@ -195,7 +323,13 @@ def conv3x3_parts(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None, s
     (1,512,256,256) bf16 gamma/beta, is exactly 64 MiB, its two halves are not.
     """
     b, c, h, w = x.shape
-    cout = u.shape[2]
+    form = _FORMS.get(u.shape[0])
+    if form is None:
+        raise ValueError(f"transformed weight with {u.shape[0]} points: expected one of {sorted(_FORMS)}")
+    if h % 2 or w % form.tile_w:
+        raise ValueError(f"F({form.name}) Winograd needs an even height and a width that is a multiple of "
+                         f"{form.tile_w}, got {h}x{w}")
+    cout, pts, cw = u.shape[2], form.points, form.tile_w
     if split is None:
         sizes = [cout]
     elif isinstance(split, int):
@@ -204,33 +338,33 @@ def conv3x3_parts(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None, s
         sizes = list(split)
     if sum(sizes) != cout:
         raise ValueError(f"split {split} does not cover the {cout} output channels")
-    th, tw = h // 2, w // 2
+    th, tw = h // 2, w // cw
     xl = x.permute(0, 2, 3, 1)  # (B, H, W, C) view
-    a = output_matrix(x.dtype, x.device)
+    a = form.output_matrix(x.dtype, x.device)
     parts = []
     for size in sizes:
         part = torch.empty(b, size, h, w, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
         allocator.advise_huge_pages(part)
         parts.append(part)
     starts = [sum(sizes[:k]) for k in range(len(sizes))]
-    tiles = [p.permute(0, 2, 3, 1).view(b, th, 2, tw, 2, p.shape[1]) for p in parts]
-    band = max(1, min(th, band_bytes // (16 * b * tw * max(c, cout) * x.element_size())))
-    scratch = BandScratch(x, b, band)
+    tiles = [p.permute(0, 2, 3, 1).view(b, th, 2, tw, cw, p.shape[1]) for p in parts]
+    band = max(1, min(th, band_bytes // (pts * b * tw * max(c, cout) * x.element_size())))
+    scratch = BandScratch(x, b, band, form)
     # Scratch reused by every band (flat, so that a shorter last band still gets contiguous views).
-    v_buf = scratch_buffer("v", 16 * b * band * tw * c, x)
-    m_buf = scratch_buffer("m", 16 * b * band * tw * cout, x)
-    y_buf = scratch_buffer("y", 4 * b * band * tw * cout, x)
+    v_buf = scratch_buffer("v", pts * b * band * tw * c, x)
+    m_buf = scratch_buffer("m", pts * b * band * tw * cout, x)
+    y_buf = scratch_buffer("y", 2 * cw * b * band * tw * cout, x)
     for t0 in range(0, th, band):
         n = min(band, th - t0)
-        v = v_buf[:16 * b * n * tw * c].view(16, b * n * tw, c)
-        transform_band(xl, t0, n, scratch, v.view(4, 4, b, n, tw, c))
-        m = m_buf[:16 * b * n * tw * cout].view(16, b * n * tw, cout)
+        v = v_buf[:pts * b * n * tw * c].view(pts, b * n * tw, c)
+        transform_band(xl, t0, n, scratch, v.view(4, cw + 2, b, n, tw, c), form)
+        m = m_buf[:pts * b * n * tw * cout].view(pts, b * n * tw, cout)
         torch.bmm(v, u, out=m)
         if bias is not None:
-            m[BIAS_POINT].add_(bias)
-        y = y_buf[:4 * b * n * tw * cout].view(4, b * n * tw * cout)
-        torch.mm(a, m.view(16, -1), out=y)
-        y6 = y.view(2, 2, b, n, tw, cout).permute(2, 3, 0, 4, 1, 5)
+            m[form.bias_point].add_(bias)
+        y = y_buf[:2 * cw * b * n * tw * cout].view(2 * cw, b * n * tw * cout)
+        torch.mm(a, m.view(pts, -1), out=y)
+        y6 = y.view(2, cw, b, n, tw, cout).permute(2, 3, 0, 4, 1, 5)
         for c0, t in zip(starts, tiles):
             t[:, t0:t0 + n].copy_(y6[..., c0: c0 + t.shape[-1]])
     return parts
@@ -274,20 +408,23 @@ def probe_says_direct(kind: str, make: Callable[[], tuple[Callable[[], object], 
         return answer
 
 
-def _probe_calls() -> tuple[Callable[[], object], Callable[[], object]]:
-    """A decoder-like bf16 channels-last convolution, 256->256 at 64x64 (Zen 5, one thread, heap
-    reuse on: Winograd 8.8 ms, oneDNN 11.3 ms)."""
+def _probe_calls(form: TileForm) -> tuple[Callable[[], object], Callable[[], object]]:
+    """A decoder-like bf16 channels-last convolution, 256->256 at 64x64, in ``form`` (Zen 5, one
+    thread: F(2x2) 9.4 ms, F(2x4) 8.3 ms, oneDNN 11.7 ms; under heap reuse F(2x2) 8.8, oneDNN 11.3)."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(1, 256, 64, 64, generator=gen).to(torch.bfloat16, memory_format=torch.channels_last)
     w = (0.02 * torch.randn(256, 256, 3, 3, generator=gen)).to(torch.bfloat16, memory_format=torch.channels_last)
     b = torch.zeros(256, dtype=torch.bfloat16)
-    u = transform_weight(w)
+    u = transform_weight(w, form)
     return (lambda: conv3x3(x, u, b)), (lambda: F.conv2d(x, w, b, padding=1))
 
 
-def direct_clearly_faster() -> bool:
-    """:func:`probe_says_direct` for the 2D path (cached; about 0.1 s the first time)."""
-    return probe_says_direct("conv2d", _probe_calls)
+def direct_clearly_faster(form: TileForm | None = None) -> bool:
+    """:func:`probe_says_direct` for the 2D path in ``form`` (default: the form of a 64-wide map,
+    see :func:`form_for`) (cached; about 0.1 s the first time)."""
+    if form is None:
+        form = form_for(torch.empty(0, 0, 0, 64))
+    return probe_says_direct(f"conv2d-{form.name}", lambda: _probe_calls(form))
 
 
 def shape_rule(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -301,7 +438,8 @@ def shape_rule(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 def preferred(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether ``conv3x3`` should replace oneDNN for this bf16 CPU convolution.
+    """Whether ``conv3x3`` (in the form :func:`form_for` picks) should replace oneDNN for this bf16
+    CPU convolution.
 
     Only CPU tensors of :data:`DTYPES`, 3x3 kernels, even H and W; then :func:`shape_rule`, unless
     the probe finds oneDNN clearly faster on this CPU (:func:`direct_clearly_faster`).
@@ -314,4 +452,4 @@ def preferred(x: torch.Tensor, weight: torch.Tensor) -> bool:
     forced = os.environ.get("KDTALKER_BF16_WINOGRAD", "").strip()
     if forced in ("0", "1"):
         return forced == "1"
-    return shape_rule(x, weight) and not direct_clearly_faster()
+    return shape_rule(x, weight) and not direct_clearly_faster(form_for(x))

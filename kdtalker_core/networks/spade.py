@@ -28,10 +28,10 @@ float32 on CPUs where a measured probe says it wins.
 Reduced precision: with bf16/fp16 weights (:func:`kdtalker_core.render.prepare_networks`) the
 convolutions and modulations run in that dtype, in channels-last memory when ``channels_last`` is
 set; instance-norm statistics and the final sigmoid stay float32. bf16 channels-last 3x3
-convolutions with many output channels run through our Winograd F(2,3)
+convolutions with many output channels run through our Winograd F(2x4, 3x3)
 (:mod:`kdtalker_core.backends.winograd`, transformed weights cached per module) where its shape
-rule says it wins (``KDTALKER_BF16_WINOGRAD=0`` turns it off; frames ~51 instead of ~54 dB PSNR
-against float32).
+rule says it wins: frames ~46.7 dB PSNR against float32 (``KDTALKER_BF16_WINOGRAD_TILE=2x2``:
+F(2x2, 3x3), ~50.3 dB, the render ~13% slower; ``KDTALKER_BF16_WINOGRAD=0``: none, ~54 dB).
 """
 
 from __future__ import annotations
@@ -88,8 +88,9 @@ def conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     """3x3 convolution, stride 1, zero padding 1.
 
     float32 on the CPU inside :func:`winograd_convolutions`: NNPACK. bf16 channels-last on the
-    CPU where :func:`kdtalker_core.backends.winograd.preferred` says so: our Winograd F(2,3),
-    with the transformed weight kept in ``cache`` under ``key`` (only when a cache is given).
+    CPU where :func:`kdtalker_core.backends.winograd.preferred` says so: our Winograd (F(2x4) or
+    F(2x2), :func:`kdtalker_core.backends.winograd.form_for`), with the transformed weight kept in
+    ``cache`` under ``(key, form name)`` (only when a cache is given).
     Everything else: ``F.conv2d``.
     """
     return conv3x3_split(x, weight, bias, None, cache, key)[0]
@@ -108,7 +109,8 @@ def conv3x3_split(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     elif _WINOGRAD.get() and x.dtype == torch.float32 and weight.dtype == torch.float32:
         out = nnpack.conv3x3(x, weight, bias)
     elif cache is not None and _channels_innermost(x) and winograd.preferred(x, weight):
-        u = cache.cached(key, lambda: winograd.transform_weight(weight))
+        form = winograd.form_for(x)
+        u = cache.cached((key, form.name), lambda: form.transform_weight(weight))
         return winograd.conv3x3_parts(x, u, bias, split)
     else:
         out = F.conv2d(x, weight, bias, padding=1)
