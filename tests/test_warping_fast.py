@@ -11,6 +11,8 @@ channels-last-3d and not.
 from __future__ import annotations
 
 import copy
+import threading
+import time
 
 import pytest
 import torch
@@ -133,6 +135,29 @@ def test_kernel_cache_follows_new_weights_and_dtypes() -> None:
         block.to(torch.bfloat16)
         assert block._kernel_cache == {}
         assert block(x.bfloat16()).dtype == torch.bfloat16
+
+
+def test_kernel_cache_makes_each_kernel_once_for_concurrent_threads() -> None:
+    # Two frame threads asking for the same kernel at once: one makes it, the other waits for it
+    # (same object back); a make() may ask for another cached kernel (re-entrant).
+    holder = KernelCache()
+    made: list[str] = []
+    started = threading.Event()
+
+    def make_slow() -> torch.Tensor:
+        made.append("slow")
+        started.set()
+        time.sleep(0.05)
+        return holder.cached("inner", lambda: made.append("inner") or torch.ones(1)) + 1
+
+    results: list[torch.Tensor] = []
+    first = threading.Thread(target=lambda: results.append(holder.cached("k", make_slow)))
+    first.start()
+    started.wait(5)
+    results.append(holder.cached("k", lambda: made.append("second") or torch.zeros(1)))
+    first.join()
+    assert made == ["slow", "inner"]
+    assert results[0] is results[1] and float(results[0]) == 2.0
 
 
 @pytest.mark.parametrize(("dtype", "channels_last", "batch"), CASES)

@@ -14,7 +14,7 @@ convolutions with many output channels (see :func:`preferred`); for float32 they
 float32 GEMMs are slow on the CPU it was tuned on, and NNPACK is faster), and on CUDA cuDNN is
 left alone.
 
-Transforms (weights transformed once, in float64, then cast; rows of B^T may be scaled, with
+Transforms (weights transformed once, in float32, then cast; rows of B^T may be scaled, with
 the matching rows of G scaled inversely):
     F(2,3), points 0, 1, -1, inf:
     G   = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]
@@ -175,13 +175,13 @@ class TileForm:
         return len(self.order_columns) * _ORDER.index(1) + self.order_columns.index(1)
 
     def transform_weight(self, weight: torch.Tensor) -> torch.Tensor:
-        """weight (Cout,Cin,3,3) -> U (points,Cin,Cout) contiguous in weight's dtype (made in float64).
+        """weight (Cout,Cin,3,3) -> U (points,Cin,Cout) contiguous in weight's dtype (made in float32).
 
         U[len(order_columns) * p + q] = (G_r g G_c^T)[_ORDER[p], order_columns[q]] as a (Cin,Cout) matrix.
         """
-        g_rows = torch.tensor(_G, dtype=torch.float64, device=weight.device)[list(_ORDER)]
-        g_cols = torch.tensor(self.g_columns, dtype=torch.float64, device=weight.device)[list(self.order_columns)]
-        u = torch.einsum("ai,kcij,bj->abck", g_rows, weight.double(), g_cols)
+        g_rows = torch.tensor(_G, dtype=torch.float32, device=weight.device)[list(_ORDER)]
+        g_cols = torch.tensor(self.g_columns, dtype=torch.float32, device=weight.device)[list(self.order_columns)]
+        u = torch.einsum("ai,kcij,bj->abck", g_rows, weight.float(), g_cols)
         return u.reshape(self.points, weight.shape[1], weight.shape[0]).to(weight.dtype).contiguous()
 
     def output_matrix(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
+
+#: Held while a kernel is made: frame threads that need the same kernel at the same time (the
+#: first frames of a render) wait for one copy instead of each making its own (time, and a
+#: transient copy each: the decoder's Winograd weights are ~290 MB in bf16). Re-entrant, for a
+#: make() that asks for another cached kernel.
+_make_lock = threading.RLock()
 
 
 class KernelCache(nn.Module):
@@ -30,9 +37,13 @@ class KernelCache(nn.Module):
         return super()._apply(fn, recurse)
 
     def cached(self, key: object, make: Callable[[], Any]) -> Any:
-        """``make()`` once per ``key`` (without autograd), then the cached value."""
+        """``make()`` once per ``key`` (without autograd), then the cached value; threads asking
+        for a kernel that is being made wait for it."""
         value = self._kernel_cache.get(key)
         if value is None:
-            with torch.no_grad():
-                value = self._kernel_cache[key] = make()
+            with _make_lock:
+                value = self._kernel_cache.get(key)
+                if value is None:
+                    with torch.no_grad():
+                        value = self._kernel_cache[key] = make()
         return value
