@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from small_networks import SMALL_SPADE
+from torch.utils.flop_counter import FlopCounterMode
 
 from kdtalker_core.backends import allocator, winograd
 from kdtalker_core.networks.spade import (
@@ -286,6 +287,13 @@ def test_winograd_probe_is_measured_once_per_thread_count() -> None:
         torch.set_num_threads(2)  # another thread count: measured again
         assert not winograd.probe_says_direct("test-direct-wins", lambda: make("winograd"))
         assert len(calls) == timed + 4 and calls[-1] == 2
+        # Under a dispatch mode (here a FLOP counter) nothing is timed or cached: the shape rules stay.
+        torch.set_num_threads(3)
+        with FlopCounterMode(display=False):
+            assert not winograd.probe_says_direct("test-direct-wins", lambda: make("direct"))
+        assert len(calls) == timed + 4
+        assert winograd.probe_says_direct("test-direct-wins", lambda: make("direct"))  # measured now
+        assert len(calls) == timed + 8
     finally:
         torch.set_num_threads(threads)
 

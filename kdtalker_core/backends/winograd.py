@@ -58,6 +58,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from ..precision import cpu_has_native_bf16
 from . import allocator
@@ -388,7 +389,8 @@ def probe_says_direct(kind: str, make: Callable[[], tuple[Callable[[], object], 
     convolutions' buffers come from); timings interleaved, best of three. Threads asking at
     the same time wait for one measurement (taken while the others wait, so it is not slowed by
     them). False without measuring on a CPU without native bf16 (AVX512-BF16 / AMX-BF16), where
-    both forms run reference kernels and bf16 is not chosen by default.
+    both forms run reference kernels and bf16 is not chosen by default, and under a Python
+    dispatch mode such as ``FlopCounterMode`` (which would be timed instead of the kernels).
     """
     if not cpu_has_native_bf16():
         # No native bf16 here: both forms run slow reference kernels (seconds for one probe) and
@@ -398,6 +400,11 @@ def probe_says_direct(kind: str, make: Callable[[], tuple[Callable[[], object], 
     answer = _probe_answers.get(key)
     if answer is not None:  # the common case: no lock
         return answer
+    if _get_current_dispatch_mode() is not None:
+        # Under a dispatch mode (a FLOP counter, tracing) every op pays the mode's overhead, and
+        # the Winograd form has many more ops: a timing would measure the mode. Keep the shape
+        # rules, unmeasured and uncached.
+        return False
     with _probe_lock:
         answer = _probe_answers.get(key)
         if answer is None:
