@@ -121,7 +121,7 @@ def _columns_f2(r: torch.Tensor, v: torch.Tensor, s: torch.Tensor) -> None:
 
 def _columns_f4(r: torch.Tensor, v: torch.Tensor, s: torch.Tensor) -> None:
     """F(4,3) along the columns: r (4, B, n, W+2, C) -> v (4, 6, B, n, W/4, C) in storage order
-    :data:`_ORDER4`, with scratch s (4, 4, B, n, W/4, C); 11 elementwise ops.
+    :data:`_ORDER4`, with scratch s (4, 4, B, n, W/4, C); 12 elementwise ops.
 
     With d0..d5 the six input columns of a tile (stride 4 between tiles), p = d4 - d2 and
     q = d1 - d3 (B^T rows 1-4 negated, G rows likewise):
@@ -187,7 +187,7 @@ class TileForm:
 
     def output_matrix(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """(2*tile_w, points): row tile_w*i + j holds A_r^T[i,a] * A_c^T[j,b] at the storage column
-        of point (a, b) (entries are powers of two: exact in bf16)."""
+        of point (a, b) (entries 0 or powers of two: exact in bf16)."""
         a_rows = torch.tensor(_AT, dtype=torch.float64)[:, list(_ORDER)]
         a_cols = torch.tensor(self.at_columns, dtype=torch.float64)[:, list(self.order_columns)]
         return torch.einsum("ia,jb->ijab", a_rows, a_cols).reshape(2 * self.tile_w, self.points).to(
@@ -205,7 +205,7 @@ _FORMS = {form.points: form for form in (F2X2, F2X4)}
 def form_for(x: torch.Tensor) -> TileForm:
     """The tile form for a 2D convolution of x (B,C,H,W): :data:`F2X4` where W is a multiple of 4,
     else :data:`F2X2`; ``KDTALKER_BF16_WINOGRAD_TILE=2x2`` always picks F2X2 (frames about 3.5 dB
-    closer to float32, the render about 13% slower on the Zen 5 machine)."""
+    closer to float32, the render 8-13% slower on the Zen 5 machine)."""
     if x.shape[-1] % 4 or os.environ.get("KDTALKER_BF16_WINOGRAD_TILE", "").strip() == "2x2":
         return F2X2
     return F2X4

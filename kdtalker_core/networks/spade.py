@@ -31,7 +31,7 @@ set; instance-norm statistics and the final sigmoid stay float32. bf16 channels-
 convolutions with many output channels run through our Winograd F(2x4, 3x3)
 (:mod:`kdtalker_core.backends.winograd`, transformed weights cached per module) where its shape
 rule says it wins: frames ~46.7 dB PSNR against float32 (``KDTALKER_BF16_WINOGRAD_TILE=2x2``:
-F(2x2, 3x3), ~50.3 dB, the render ~13% slower; ``KDTALKER_BF16_WINOGRAD=0``: none, ~54 dB).
+F(2x2, 3x3), ~50.3 dB, the render 8-13% slower; ``KDTALKER_BF16_WINOGRAD=0``: none, ~54 dB).
 """
 
 from __future__ import annotations

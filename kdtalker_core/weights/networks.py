@@ -129,7 +129,7 @@ def load_network(
     """
     # Built on the meta device and given uninitialised storage: the strict load below writes
     # every parameter and buffer (the networks keep no other tensors), so the random
-    # initialisation the constructors would run (~1.2 s for all networks here) is skipped.
+    # initialisation the constructors would run is skipped (all models: 1.62 -> 1.40 s on Zen 5).
     module = build_network(name, "meta")
     validate_state_dict(state_dict, {k: tuple(v.shape) for k, v in module.state_dict().items()},
                         file=file, what=what or _spec(name).description)
