@@ -92,31 +92,27 @@ def _pairs(t: torch.Tensor, dim: int, start: int, length: int, step: int = 2) ->
     return t.as_strided([2, *shape], [t.stride(dim), *stride], t.storage_offset() + start * t.stride(dim))
 
 
+def _f23_pass(t: torch.Tensor, dim: int, length: int, out: torch.Tensor) -> None:
+    """F(2,3)'s B^T along ``dim`` of t (zero-padded: 2*length + 2 long there) -> out (4, ...):
+    out[p] = (B^T d)[_ORDER[p]] of every one of the ``length`` tiles along ``dim``, the tile index
+    in place of ``dim``. Three ops: rows (0, 3) of B^T as one op on pairs of strided views
+    (x[k] - x[k+2], k = 0, 1), then x[1] + x[2] and x[2] - x[1]."""
+    torch.sub(_pairs(t, dim, 0, length), _pairs(t, dim, 2, length), out=out[0:2])
+    x1, x2 = _pairs(t, dim, 1, length)
+    torch.add(x1, x2, out=out[2])
+    torch.sub(x2, x1, out=out[3])
+
+
 def _row_transform(xp: torch.Tensor, tile_rows: int, r: torch.Tensor) -> None:
-    """F(2,3) along the rows: zero-padded rows xp (B, 2*tile_rows+2, W+2, C) -> r (4, B, tile_rows, W+2, C).
-
-    r[p] = rows (B^T d)[_ORDER[p]] of every tile row: rows (0, 3) of B^T as one op on pairs of
-    strided views (x[k] - x[k+2], k = 0, 1), then x[1] + x[2] and x[2] - x[1].
-    """
-    th = tile_rows
-
-    def rows(i: int) -> torch.Tensor:
-        return xp[:, i:i + 2 * th:2]
-
-    torch.sub(_pairs(xp, 1, 0, th), _pairs(xp, 1, 2, th), out=r[0:2])
-    torch.add(rows(1), rows(2), out=r[2])
-    torch.sub(rows(2), rows(1), out=r[3])
+    """F(2,3) along the rows: zero-padded rows xp (B, 2*tile_rows+2, W+2, C) -> r (4, B, tile_rows, W+2, C),
+    r[p] = rows (B^T d)[_ORDER[p]] of every tile row (see :func:`_f23_pass`)."""
+    _f23_pass(xp, 1, tile_rows, r)
 
 
 def _columns_f2(r: torch.Tensor, v: torch.Tensor, s: torch.Tensor) -> None:
-    """F(2,3) along the columns: r (4, B, n, W+2, C) -> v (4, 4, B, n, W/2, C), same three ops as
-    :func:`_row_transform` on pairs of columns (``s`` unused)."""
-    w = r.shape[3] - 2
-    tw = w // 2
-    c1, c2 = r[..., 1:1 + w:2, :], r[..., 2:2 + w:2, :]
-    torch.sub(_pairs(r, 3, 0, tw).transpose(0, 1), _pairs(r, 3, 2, tw).transpose(0, 1), out=v[:, 0:2])
-    torch.add(c1, c2, out=v[:, 2])
-    torch.sub(c2, c1, out=v[:, 3])
+    """F(2,3) along the columns: r (4, B, n, W+2, C) -> v (4, 4, B, n, W/2, C) (see
+    :func:`_f23_pass`; ``s`` unused)."""
+    _f23_pass(r, 3, (r.shape[3] - 2) // 2, v.transpose(0, 1))
 
 
 def _columns_f4(r: torch.Tensor, v: torch.Tensor, s: torch.Tensor) -> None:
