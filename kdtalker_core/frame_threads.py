@@ -64,33 +64,32 @@ def frame_pool(workers: int) -> Iterator[ThreadPoolExecutor | None]:
         torch.set_num_threads(threads)
 
 
-def map_in_order(pool: ThreadPoolExecutor, workers: int, fn: Callable[[int], T], items: Sequence[int],
-                 on_each: Callable[[int], None] | None = None) -> list[T]:
-    """``[fn(i) for i in items]`` computed on ``pool`` with at most ``workers`` items in flight;
-    ``on_each(k)`` runs in the calling thread once the first k results are in (in order).
+def iter_in_order(pool: ThreadPoolExecutor, workers: int, fn: Callable[[int], T],
+                  items: Sequence[int]) -> Iterator[T]:
+    """Yield ``fn(i)`` for the items in order, computed on ``pool`` with at most ``workers`` in flight.
 
     A new item starts as soon as any running one finishes (a fast frame never waits for a slow
-    neighbour). If ``fn`` or ``on_each`` raises (a cancel from a progress callback), no further
-    item starts, the running ones (at most ``workers``) are waited for, so that nothing computes
-    after the return, and the exception propagates.
+    neighbour), also while the caller holds a result: the next items keep computing while the
+    caller works between ``next`` calls (a renderer's caller pasting back or encoding a chunk),
+    so the pool does not idle at chunk boundaries. Before a result is yielded, the free workers
+    are given their next items. If ``fn`` raises, or the iterator is closed early (a cancel from
+    the caller's progress callback; use ``contextlib.closing``), no further item starts and the
+    running ones (at most ``workers``) are waited for, so that nothing computes after that.
     """
     results: dict[int, T] = {}
     pending: dict[Future[T], int] = {}
-    ordered: list[T] = []
-    started = 0
+    started = emitted = 0
     try:
-        while len(ordered) < len(items):
+        while emitted < len(items):
             while started < len(items) and len(pending) < max(1, workers):
                 pending[pool.submit(fn, items[started])] = started
                 started += 1
+            if emitted in results:
+                emitted += 1
+                yield results.pop(emitted - 1)
+                continue
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in finished:
                 results[pending.pop(future)] = future.result()
-            while len(ordered) in results:
-                ordered.append(results.pop(len(ordered)))
-                if on_each is not None:
-                    on_each(len(ordered))
-    except BaseException:
+    finally:
         wait(pending)
-        raise
-    return ordered

@@ -14,14 +14,13 @@ the networks. float32 networks that were not prepared keep the official layout (
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
 import shutil
 import sys
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import closing, contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -29,7 +28,7 @@ from torch import nn
 
 from .backends import allocator, nnpack, winograd
 from .errors import InputError
-from .frame_threads import frame_pool, map_in_order
+from .frame_threads import frame_pool, iter_in_order
 from .frame_threads import frame_threads as threads_for_frames
 from .networks.dense_motion import DenseMotionNetwork
 from .networks.spade import SPADEDecoder, SpectralNormConv2d, winograd_convolutions
@@ -190,11 +189,6 @@ def _validate(feature_3d: torch.Tensor, kp_source: torch.Tensor, kp_driving: tor
     return kp_source, kp_driving
 
 
-def _progress(callback: Callable[[int, int], None], first: int, total: int, k: int) -> None:
-    """``callback(first + k, total)``: progress after the k-th frame of a chunk starting at ``first``."""
-    callback(first + k, total)
-
-
 @contextmanager
 def _scratch_released() -> Iterator[None]:
     """On leaving, the calling thread's kept Winograd scratch buffers are freed (the frame
@@ -242,6 +236,9 @@ def render_frames(
     (default :func:`kdtalker_core.frame_threads.frame_threads`: on a CPU in bf16, one per
     intra-op thread; at most ``chunk_size``; the numbers do not depend on it); the callback still
     comes in frame order.
+    The frame threads do not wait at chunk boundaries: while the caller holds a chunk, the next
+    chunk's first frames compute (at most ``frame_threads`` frames beyond the last one reported,
+    which is also how far a cancel from the callback can run on).
     """
     weights_dtype = network_dtype(spade_decoder)
     dtype = weights_dtype if dtype is None else dtype
@@ -283,25 +280,26 @@ def render_frames(
             return spade_decoder(warped).float().permute(0, 2, 3, 1)
 
     # CPU, reduced precision: the networks' large freed maps stay in the heap for the next frame
-    # (no page faults); between chunks, while the caller holds one, glibc's defaults apply.
+    # (no page faults); between chunks, while the caller holds one, glibc's defaults apply (frames
+    # still computing then mostly reuse freed blocks of their own arena).
     with (allocator.reuse_large_blocks(allocator.wanted(device, dtype)) as reuse,
           frame_pool(workers) as pool, _scratch_released()):
-        while done < total:
-            stop = min(total, done + chunk_size)
-            with allocator.large_blocks_from_heap(reuse):
-                if pool is not None:  # one frame per thread, side by side; callback after each frame
-                    on_frame = None if callback is None else functools.partial(_progress, callback, done, total)
-                    parts = map_in_order(pool, workers, lambda i: render_batch(i, i + 1), range(done, stop), on_frame)
-                else:
-                    parts = []
-                    for start in range(done, stop, micro_batch):
-                        end = min(stop, start + micro_batch)
-                        parts.append(render_batch(start, end))
-                        if callback is not None:  # after every micro-batch: a cancel lands within one of them
+        # Frame threads: frames of the next chunk start while the caller works on this one.
+        frames = None if pool is None else iter_in_order(pool, workers, lambda i: render_batch(i, i + 1), range(total))
+        with closing(frames) if frames is not None else nullcontext():
+            while done < total:
+                stop = min(total, done + chunk_size)
+                parts = []
+                with allocator.large_blocks_from_heap(reuse):
+                    step = 1 if frames is not None else micro_batch
+                    for start in range(done, stop, step):
+                        end = min(stop, start + step)
+                        parts.append(next(frames) if frames is not None else render_batch(start, end))
+                        if callback is not None:  # after every frame / micro-batch: a cancel lands within them
                             callback(end, total)
-            frames = torch.cat(parts) if len(parts) > 1 else parts[0].contiguous()
-            done = stop
-            yield frames
+                chunk = torch.cat(parts) if len(parts) > 1 else parts[0].contiguous()
+                done = stop
+                yield chunk
 
 
 def render_all(

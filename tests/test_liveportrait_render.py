@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -178,15 +179,42 @@ def test_frames_side_by_side_on_threads_match_one_at_a_time(small_render_setup: 
     def cancel(done: int, total: int) -> None:
         raise KeyboardInterrupt("cancelled")
 
+    # 12 frames in one chunk, cancelled at the first progress report: besides the (at most two)
+    # frames done by then, only the two frames in flight finish.
     warps.clear()
     hook = s["warp"].register_forward_hook(lambda *_: warps.append("w"))
+    kp_driving = s["kp_driving"].repeat(3, 1, 1)[:12]
     try:
         with pytest.raises(KeyboardInterrupt):
-            render_all(*args, chunk_size=4, frame_threads=2, callback=cancel)
+            render_all(*args[:4], kp_driving, chunk_size=12, frame_threads=2, callback=cancel)
     finally:
         hook.remove()
-    assert 1 <= len(warps) <= 3, "a cancel lands within the frames in flight, not the chunk"
+    assert 1 <= len(warps) <= 4, "a cancel lands within the frames in flight, not the chunk"
     assert torch.get_num_threads() == threads
+
+
+def test_frame_threads_start_the_next_chunk_while_the_caller_holds_one(small_render_setup: dict) -> None:
+    # With frame threads, the pool keeps working across chunk boundaries: while the caller holds
+    # the first chunk (frames 0-1), frames 2 and 3 start without the generator being resumed;
+    # the frames are still those of the one-at-a-time render, in order.
+    s = small_render_setup
+    args = (s["warp"], s["decoder"], s["feature"], s["kp_source"], s["kp_driving"])
+    one = render_all(*args, chunk_size=2, frame_threads=1)
+    started: list[int] = []
+    hook = s["warp"].register_forward_pre_hook(lambda *_: started.append(1))
+    gen = render_frames(*args, chunk_size=2, frame_threads=2)
+    try:
+        chunks = [next(gen)]
+        deadline = time.monotonic() + 60
+        while len(started) < 4 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert len(started) == 4, "the next chunk's frames start while the caller holds a chunk"
+        chunks += list(gen)
+    finally:
+        hook.remove()
+        gen.close()
+    assert [c.shape[0] for c in chunks] == [2, 2, 1]
+    torch.testing.assert_close(torch.cat(chunks), one, atol=5e-5, rtol=0)
 
 
 def test_render_bfloat16_close_to_float32() -> None:
