@@ -192,7 +192,7 @@ def deformation_from(mask: torch.Tensor, kp_driving: torch.Tensor, kp_source: to
 #: least this and the network runs in one of :data:`FFT_MASK_DTYPES`. Measured on a 2-core Zen 5
 #: EPYC VM (avx512_bf16), 1 thread, full size: float32 136-146 ms (direct conv 715-757 ms); bf16
 #: channels-last input 122-131 ms (oneDNN's direct bf16 conv 413-428 ms); W 1.50 -> 1.34 s (fp32),
-#: 0.78 -> 0.57 s (bf16) a frame at 1 thread. Caches 44.7 MiB float32 kernels (float32) or 70.2 MiB
+#: 0.78 -> 0.57 s (bf16) a frame at 1 thread. Caches 44.7 MiB float32 kernels (float32) or 69.5 MiB
 #: bf16 3D kernels (bf16); one call adds 50 / 98 MiB of work memory. At 32x32 the FFT form is as
 #: fast as the old one in float32 and faster in bf16; at 16x16 the direct convolution wins.
 FFT_MASK_MIN_PIXELS = 32 * 32

@@ -29,9 +29,11 @@ Precision and cached kernels (:func:`fft_kernels`), full size:
   depth taps (44.7 MiB, as before) and the kernels' depth transform runs per call (1 GFLOP, ~20 ms).
   3D kernels cached in float32 (``three_d=True``) take 140 MiB and measured 8% faster on a quiet
   machine, 6% slower on a busy one (they stream from memory every call): not the default.
-* bf16: 3D-transformed kernels cached in bf16 (70.2 MiB); the input spectra are rounded to bf16 and
-  the products run in bf16 (oneDNN, float32 accumulation inside); transforms, the sum over channel
-  chunks and the inverse stay float32. Max / RMS error against float64 on the same bf16 data:
+* bf16: 3D-transformed kernels cached in bf16 (69.5 MiB); the input spectra are rounded to bf16 and
+  each frequency's product over all input channels is one bf16 product (oneDNN, float32
+  accumulation inside, the sum rounded once); transforms and the inverse stay float32. (Products
+  per chunk of 36 channels, summed in float32, were 5% slower for the whole layer: 156 -> 149 ms,
+  medians of 9 interleaved runs, same error.) Max / RMS error against float64 on the same bf16 data:
   3.3e-3 / 2.4e-3; oneDNN's direct bf16 conv3d (and the former float32-inside form): 2.3e-3 /
   1.7e-3, one rounding of the output. bf16 transforms as well were ~1.4x faster but 5.0e-3 / 3.9e-3.
 
@@ -64,9 +66,15 @@ DEPTH_FFT = 22
 #: held at a time and the float32 products accumulate over chunks. Full size, 1 thread, median of 8
 #: interleaved runs: 6 chunks (24 channels) 152 ms, 4: 163 ms, 8: 155 ms.
 CHANNEL_CHUNKS = 6
-#: Input-channel chunks of bf16 3D kernels (bf16 products per chunk, summed in float32):
-#: 4 chunks 132 ms, 6: 135 ms, 8: 154 ms; 2 or 1 make the float32 work buffers of a chunk leave
-#: the caches (1: the transforms alone 116 ms instead of 75).
+#: Input-channel chunks of bf16 3D kernels. 1: one bf16 product over every input channel per
+#: frequency (float32 accumulation inside oneDNN, one rounding of the sum), instead of one
+#: product per chunk whose bf16 results were converted and summed in float32 (12 conversions
+#: and 9 additions of (1936, 44, 32) blocks at full size, more time than the products).
+PRODUCT_CHUNKS_BF16 = 1
+#: Input channels are Fourier transformed in this many groups (the spectra of one product are
+#: written group by group), so the float32 work buffers of a group stay in cache: 4 groups
+#: 132 ms, 6: 135 ms, 8: 154 ms; 2 or 1 make them leave the caches (1: the transforms alone
+#: 116 ms instead of 75).
 CHANNEL_CHUNKS_BF16 = 4
 #: x-frequencies (of n/2 + 1 = 12) per step: the first pass re-reads the input once per step, the
 #: spectra of one step are held (float32 24-channel chunk: 5.9 MB at 4). 3, 4 and 6 measured
@@ -209,11 +217,11 @@ def fft_kernels(weight: torch.Tensor, n: int = TILE_FFT, chunks: int | None = No
     ``three_d`` (default: the weight is bf16): 3D-transformed kernels in the weight's dtype if bf16,
     else float32, so the depth transform is done once here; otherwise float32 2D-transformed depth
     taps, depth-transformed per call (1 GFLOP for the mask layer, ~20 ms at 1 thread).
-    ``chunks`` input-channel chunks (default :data:`CHANNEL_CHUNKS_BF16` for bf16 3D kernels, else
+    ``chunks`` input-channel chunks (default :data:`PRODUCT_CHUNKS_BF16` for bf16 3D kernels, else
     :data:`CHANNEL_CHUNKS`); zero channels pad the last chunk.
     Memory: 8 k n (n/2+1) Cout Cin bytes for depth taps (44.7 MiB for the mask layer), 2 or 4 times
-    2 n_d n (n/2+1) Cout Cin bytes for bf16 / float32 3D kernels (70.2 / 140.4 MiB with the zero
-    channels of the last chunk).
+    2 n_d n (n/2+1) Cout Cin bytes for bf16 / float32 3D kernels (69.5 MiB in one bf16 chunk;
+    140.4 MiB in float32 chunks of 24, with the zero channels of the last one).
     """
     cout, cin, k = weight.shape[:3]
     if n % 2 or depth_n % 2 or k % 2 == 0 or k > min(n, depth_n):
@@ -221,7 +229,7 @@ def fft_kernels(weight: torch.Tensor, n: int = TILE_FFT, chunks: int | None = No
     if three_d is None:
         three_d = weight.dtype == torch.bfloat16
     if chunks is None:
-        chunks = CHANNEL_CHUNKS_BF16 if three_d and weight.dtype == torch.bfloat16 else CHANNEL_CHUNKS
+        chunks = PRODUCT_CHUNKS_BF16 if three_d and weight.dtype == torch.bfloat16 else CHANNEL_CHUNKS
     cc, nq = -(-cin // max(1, min(chunks, cin))), n // 2 + 1
     chunks = -(-cin // cc)  # no empty chunk (e.g. 4 channels in 3 chunks -> 2 chunks of 2)
     shape = (nq, n, k, 2, cout, cc)
@@ -428,6 +436,11 @@ def fft_conv3d(x: torch.Tensor, kernels: FFTKernels, bias: torch.Tensor | None, 
     t, td = n - k + 1, nd - k + 1
     spec_dtype = torch.float32 if kern.depth_taps else kern.spectra.dtype
     cc_max = kern.channel_step
+    # Channels transformed at a time: a kernel chunk, or for bf16 3D kernels in fewer chunks than
+    # CHANNEL_CHUNKS_BF16, that many groups of it (written into channel slices of the spectra).
+    group = cc_max
+    if not kern.depth_taps and kern.spectra.dtype == torch.bfloat16 and kern.chunks < CHANNEL_CHUNKS_BF16:
+        group = -(-cin // CHANNEL_CHUNKS_BF16)
     inputs = [channels_first_copy(x[bi]) for bi in range(b)]
     acc = torch.zeros(td * t, t, cout * plan.nb * plan.nty * plan.ntx, device=x.device)
     for q0 in range(0, nq, step):
@@ -438,8 +451,10 @@ def fft_conv3d(x: torch.Tensor, kernels: FFTKernels, bias: torch.Tensor | None, 
             c0, c1 = j * cc_max, min(cin, (j + 1) * cc_max)
             spectra = plan.buffer("spectra", (freqs, plan.ntiles, cc_max), spec_dtype)
             grid = spectra.view(nqc, n, nd, plan.nb, plan.nty, 2, plan.ntx, cc_max)
-            for bi in range(b):
-                _forward_spectra(plan, inputs[bi][c0:c1], q0, nqc, grid, bi)
+            for g0 in range(c0, c1, group):
+                g1 = min(c1, g0 + group)
+                for bi in range(b):
+                    _forward_spectra(plan, inputs[bi][g0:g1], q0, nqc, grid[..., g0 - c0:g1 - c0], bi)
             _products(plan, kern, q0, nqc, j, c1 - c0, spectra, prod)
         _inverse(plan, prod, q0, nqc, acc)
     if bias is not None:
