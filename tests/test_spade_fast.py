@@ -505,6 +505,20 @@ def test_winograd_large_output_with_huge_page_hint() -> None:
     assert torch.equal(filled, torch.arange(3 << 20, dtype=torch.float32))
 
 
+def test_huge_page_hint_only_outside_the_renders_heap_reuse(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A fresh output (outside the render) is hinted; inside the render's heap reuse, where the
+    # output comes from already-faulted heap memory, the hint cost kernel time and is skipped.
+    hinted: list[int] = []
+    monkeypatch.setattr(allocator, "advise_huge_pages", lambda t: hinted.append(t.numel()))
+    x = _map((1, 4, 16, 16), torch.bfloat16, torch.channels_last, 48)
+    u = winograd.transform_weight(_map((8, 4, 3, 3), torch.bfloat16, torch.contiguous_format, 49))
+    winograd.conv3x3(x, u, None)
+    assert hinted == [8 * 16 * 16]
+    with allocator.reuse_large_blocks() as active:
+        winograd.conv3x3(x, u, None)
+    assert len(hinted) == (1 if active else 2)
+
+
 def test_winograd_form_follows_width_and_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("KDTALKER_BF16_WINOGRAD_TILE", raising=False)
     assert winograd.form_for(torch.empty(1, 8, 6, 64)) is winograd.F2X4

@@ -95,7 +95,9 @@ def advise_huge_pages(t: torch.Tensor) -> None:
     A fresh multi-MiB allocation is faulted in 4 KiB pages on first write: about 0.35 ms per MiB
     on the Zen 5 machine, 21 of the 130 ms of a 128->512 convolution at 256x256 (64 MiB output).
     With transparent huge pages in ``madvise`` mode the hint cuts that about fivefold. Only the
-    whole 2 MiB pages inside t's storage are advised (nothing outside it).
+    whole 2 MiB pages inside t's storage are advised (nothing outside it). Not for memory that
+    :func:`reuse_large_blocks` keeps in the heap: there it cost far more kernel time than it saved
+    (see :mod:`kdtalker_core.backends.winograd`).
     """
     madvise = _madvise() if t.device.type == "cpu" else None
     if madvise is None:

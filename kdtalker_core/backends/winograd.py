@@ -37,8 +37,14 @@ output transform of F(4,3) amplifies those roundings). A whole 512 px frame of t
 and decoder in bf16 against float32 (random weights, ``bench/bench_render.py``): 50.3 dB PSNR with
 F(2x2), 46.7 dB with F(2x4), about 54 dB without Winograd. The render in bf16 (two frame threads,
 Zen 5): F(2x4) 1.03 s a frame against F(2x2) 1.18 s (medians of six interleaved runs).
-The output (tens of MiB on the decoder's large maps) is hinted to huge pages before it is
-written, which cuts its first-touch page-fault cost (see :func:`kdtalker_core.backends.allocator.advise_huge_pages`).
+Outside the render's heap reuse, the output (tens of MiB on the decoder's large maps, a fresh
+``mmap`` there) is hinted to huge pages before it is written, which cuts its first-touch
+page-fault cost (see :func:`kdtalker_core.backends.allocator.advise_huge_pages`). Inside it
+(:func:`kdtalker_core.backends.allocator.reusing`) the output comes from already-faulted heap
+memory and is not hinted: with the hint the bf16 render spent 0.9-2.5 s of kernel time on 8
+frames (two frame threads, Zen 5 VM, THP ``madvise`` mode with ``defrag=madvise``) against
+0.4-0.7 s without, and took 1.16-1.30 s a frame against 1.11-1.28 s (6 interleaved pairs, all
+faster without; median 6%).
 Whether it pays depends on the CPU as well as the shape: the shape rule (:func:`shape_rule`) was
 measured on a Zen 5 CPU (AVX512-BF16, no AMX). On a CPU with AMX-BF16 oneDNN's direct bf16
 convolutions run much faster (1100-1200 GFLOP/s for 512->512 at 64x64 on a 2-core Xeon), while
@@ -350,7 +356,8 @@ def conv3x3_parts(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None, s
     parts = []
     for size in sizes:
         part = torch.empty(b, size, h, w, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
-        allocator.advise_huge_pages(part)
+        if not allocator.reusing():  # a fresh mmap: fewer first-touch faults (see the module docstring)
+            allocator.advise_huge_pages(part)
         parts.append(part)
     starts = [sum(sizes[:k]) for k in range(len(sizes))]
     tiles = [p.permute(0, 2, 3, 1).view(b, th, 2, tw, cw, p.shape[1]) for p in parts]
