@@ -41,10 +41,10 @@ Outside the render's heap reuse, the output (tens of MiB on the decoder's large 
 ``mmap`` there) is hinted to huge pages before it is written, which cuts its first-touch
 page-fault cost (see :func:`kdtalker_core.backends.allocator.advise_huge_pages`). Inside it
 (:func:`kdtalker_core.backends.allocator.reusing`) the output comes from already-faulted heap
-memory and is not hinted: with the hint the bf16 render spent 0.9-2.5 s of kernel time on 8
+memory and is not hinted: with the hint the bf16 render spent 0.5-2.5 s of kernel time on 8
 frames (two frame threads, Zen 5 VM, THP ``madvise`` mode with ``defrag=madvise``) against
 0.4-0.7 s without, and took 1.16-1.30 s a frame against 1.11-1.28 s (6 interleaved pairs, all
-faster without; median 6%).
+faster without; median 5.5%).
 Whether it pays depends on the CPU as well as the shape: the shape rule (:func:`shape_rule`) was
 measured on a Zen 5 CPU (AVX512-BF16, no AMX). On a CPU with AMX-BF16 oneDNN's direct bf16
 convolutions run much faster (1100-1200 GFLOP/s for 512->512 at 64x64 on a 2-core Xeon), while
