@@ -69,7 +69,7 @@ CHANNEL_CHUNKS = 6
 #: Input-channel chunks of bf16 3D kernels. 1: one bf16 product over every input channel per
 #: frequency (float32 accumulation inside oneDNN, one rounding of the sum), instead of one
 #: product per chunk whose bf16 results were converted and summed in float32 (12 conversions
-#: and 9 additions of (1936, 44, 32) blocks at full size, more time than the products).
+#: and 9 additions of (1936, 44, 32) blocks at full size; the layer 5% slower).
 PRODUCT_CHUNKS_BF16 = 1
 #: Input channels are Fourier transformed in this many groups (the spectra of one product are
 #: written group by group), so the float32 work buffers of a group stay in cache: 4 groups
