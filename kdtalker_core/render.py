@@ -284,17 +284,19 @@ def render_frames(
     # still computing then mostly reuse freed blocks of their own arena).
     with (allocator.reuse_large_blocks(allocator.wanted(device, dtype)) as reuse,
           frame_pool(workers) as pool, _scratch_released()):
-        # Frame threads: frames of the next chunk start while the caller works on this one.
-        frames = None if pool is None else iter_in_order(pool, workers, lambda i: render_batch(i, i + 1), range(total))
+        if pool is None:  # micro-batches in this thread
+            frames, step, part = None, micro_batch, render_batch
+        else:  # one frame per thread; the next chunk's frames start while the caller works on this one
+            frames = iter_in_order(pool, workers, lambda i: render_batch(i, i + 1), range(total))
+            step, part = 1, lambda start, end: next(frames)
         with closing(frames) if frames is not None else nullcontext():
             while done < total:
                 stop = min(total, done + chunk_size)
                 parts = []
                 with allocator.large_blocks_from_heap(reuse):
-                    step = 1 if frames is not None else micro_batch
                     for start in range(done, stop, step):
                         end = min(stop, start + step)
-                        parts.append(next(frames) if frames is not None else render_batch(start, end))
+                        parts.append(part(start, end))
                         if callback is not None:  # after every frame / micro-batch: a cancel lands within them
                             callback(end, total)
                 chunk = torch.cat(parts) if len(parts) > 1 else parts[0].contiguous()

@@ -436,11 +436,11 @@ def fft_conv3d(x: torch.Tensor, kernels: FFTKernels, bias: torch.Tensor | None, 
     t, td = n - k + 1, nd - k + 1
     spec_dtype = torch.float32 if kern.depth_taps else kern.spectra.dtype
     cc_max = kern.channel_step
-    # Channels transformed at a time: a kernel chunk, or for bf16 3D kernels in fewer chunks than
-    # CHANNEL_CHUNKS_BF16, that many groups of it (written into channel slices of the spectra).
+    # Channels transformed at a time (written into channel slices of the spectra): a kernel
+    # chunk, for bf16 3D kernels at most a CHANNEL_CHUNKS_BF16-th of the input channels.
     group = cc_max
-    if not kern.depth_taps and kern.spectra.dtype == torch.bfloat16 and kern.chunks < CHANNEL_CHUNKS_BF16:
-        group = -(-cin // CHANNEL_CHUNKS_BF16)
+    if not kern.depth_taps and kern.spectra.dtype == torch.bfloat16:
+        group = min(cc_max, -(-cin // CHANNEL_CHUNKS_BF16))
     inputs = [channels_first_copy(x[bi]) for bi in range(b)]
     acc = torch.zeros(td * t, t, cout * plan.nb * plan.nty * plan.ntx, device=x.device)
     for q0 in range(0, nq, step):
