@@ -6,7 +6,8 @@ Measures, for float32 and bfloat16 weights:
   structure the official code runs at every step;
 * ``reference forward``: the same with the plain modules (``MotionDenoiser.reference_forward``);
 * ``eps step``: one step of ``window_eps_fn`` (context, rotary and bias tables cached), also with
-  weight packing switched off (``backends.mkl_linear.force_fallback``) where it packs;
+  weight packing switched off (``backends.mkl_linear.force_fallback``) where it packs, and on CUDA
+  without the CUDA graph (``KDTALKER_CUDA_GRAPH=0``; the default replays the captured step);
 * ``window S steps``: one 64-frame window, ``window_eps_fn`` + ``sample_ddim`` with S DDIM steps;
 * ``window 50 (uncached)``: 50 steps that call ``forward`` on the full token set every step.
 
@@ -17,13 +18,14 @@ as well; on a shared machine the minimum is the stable number).
 
 Usage::
 
-    python -m bench.bench_denoiser [--threads N] [--repeats R] [--dtypes float32,bfloat16]
+    python -m bench.bench_denoiser [--threads N] [--repeats R] [--dtypes float32,bfloat16] [--device cuda]
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import statistics
 import sys
 import time
@@ -62,14 +64,22 @@ def random_full_size(seed: int = 0) -> MotionDenoiser:
     return model
 
 
+def _sync() -> None:
+    """Wait for queued CUDA work (no-op without CUDA), so that wall times cover the kernels."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> tuple[float, float]:
     """(min, median) wall seconds of ``fn`` over ``repeats`` runs after ``warmup`` runs."""
     for _ in range(warmup):
         fn()
+    _sync()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
+        _sync()
         times.append(time.perf_counter() - start)
     return min(times), statistics.median(times)
 
@@ -116,6 +126,9 @@ def bench_dtype(
             plain_eps = model.window_eps_fn(ori, ref, aud)
             rows.append(("eps step (no packing)", dtype_name,
                          *timed(lambda: plain_eps(noise, t500), repeats)))
+    if noise.device.type == "cuda":
+        eager_eps = model.window_eps_fn(ori, ref, aud, cuda_graph=False)
+        rows.append(("eps step (no CUDA graph)", dtype_name, *timed(lambda: eager_eps(noise, t500), repeats)))
     for steps in (50, 10):
         schedule = ddim_timesteps(steps)
 
@@ -142,12 +155,16 @@ def main() -> int:
     parser.add_argument("--official-src", type=Path, default=None)
     parser.add_argument("--extra-path", default=None, help="sys.path entry for the official deps")
     parser.add_argument("--skip-uncached", action="store_true")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (CUDA when present)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
+                          else "cpu" if args.device == "auto" else args.device)
 
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"CPU capability {torch.backends.cpu.get_cpu_capability()}; {FORWARD_GFLOP_NOTE}")
+    where = (torch.cuda.get_device_name(device) + f", CUDA graph {os.environ.get('KDTALKER_CUDA_GRAPH', 'on')}"
+             if device.type == "cuda" else f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {where}; {FORWARD_GFLOP_NOTE}")
     base = random_full_size()
     gen = torch.Generator().manual_seed(1)
     ori, ref = torch.randn(1, 70, generator=gen), torch.randn(1, 70, generator=gen)
@@ -175,9 +192,9 @@ def main() -> int:
 
             rows.append(("official window 50 steps", "float32", *timed(official_window, 1, warmup=0)))
 
-    inputs = (ori, ref, aud, noise, tokens, context, t500, alphas)
+    inputs = tuple(t.to(device) for t in (ori, ref, aud, noise, tokens, context, t500, alphas))
     for dtype_name in [d.strip() for d in args.dtypes.split(",") if d.strip()]:
-        model = random_full_size().to(getattr(torch, dtype_name))
+        model = random_full_size().to(device, getattr(torch, dtype_name))
         rows += bench_dtype(model, dtype_name, inputs, args.repeats, not args.skip_uncached, windows)
 
     print(f"\n{'what':34s} {'dtype':9s} {'min':>10s} {'median':>10s}")

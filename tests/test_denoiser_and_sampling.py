@@ -415,3 +415,48 @@ def test_packed_weights_are_freed_when_sampling_ends_and_results_repeat() -> Non
     torch.testing.assert_close(runs[0], runs[1], atol=0, rtol=0)  # packing again gives the same numbers
     if mkl_linear.available():  # and the packed path was really used inside the run
         assert model._get_plan().packed_for(66)[0][0] is not None
+
+
+def test_cuda_graph_is_wanted_on_cuda_only_and_can_be_turned_off(monkeypatch, capsys) -> None:
+    from kdtalker_core import cuda_graph
+
+    monkeypatch.delenv("KDTALKER_CUDA_GRAPH", raising=False)
+    assert not cuda_graph.wanted("cpu")
+    assert cuda_graph.wanted("cuda") == hasattr(torch.cuda, "CUDAGraph")
+    monkeypatch.setenv("KDTALKER_CUDA_GRAPH", "0")
+    assert not cuda_graph.wanted("cuda")
+    if not torch.cuda.is_available():  # a refused capture is reported in one line and not used
+        assert cuda_graph.capture(lambda x: x * 2, [torch.ones(3)], name="probe step") is None
+        err = capsys.readouterr().err
+        assert "CUDA graph capture of the probe step failed" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cuda_graph_flag_is_ignored_off_cuda() -> None:
+    model = _randomised(MotionDenoiser(dim=128, num_layers=2), seed=9)
+    ori, ref, aud, x_t = _window_inputs(frames=10)
+    t = torch.tensor([600])
+    plain = model.window_eps_fn(ori, ref, aud)(x_t, t)
+    flagged = model.window_eps_fn(ori, ref, aud, cuda_graph=True)(x_t, t)
+    torch.testing.assert_close(flagged, plain, atol=0, rtol=0)
+    assert model._get_plan().graphs == {}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_graph_sampling_equals_direct_steps_and_is_reused_across_windows(dtype, monkeypatch) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("CUDA graphs need a CUDA device")
+    from kdtalker_core.motion import generate_motion_normalized
+
+    model = _randomised(MotionDenoiser(dim=128, num_layers=2), seed=11).to("cuda", dtype)
+    ori, ref, aud, _ = _window_inputs(frames=100)  # two 64-frame windows
+    runs = {}
+    for flag in ("1", "0"):
+        monkeypatch.setenv("KDTALKER_CUDA_GRAPH", flag)
+        model.invalidate_caches()
+        runs[flag] = generate_motion_normalized(model, ref, ori, aud[0], steps=5, dtype=dtype,
+                                                generator=torch.Generator(device="cuda").manual_seed(3))
+        graphs = model._get_plan().graphs
+        assert len(graphs) == (1 if flag == "1" else 0)  # one capture serves both windows
+        assert all(g is not None for g in graphs.values())
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(runs["1"], runs["0"], atol=tol, rtol=tol)

@@ -24,7 +24,9 @@ time part once per distinct timestep (cached), and the relative position bias an
 once per sequence length. The per-step work is then the token projections and attention only; on
 x86 CPUs the sampler multiplies with weights packed once per window (MKL or oneDNN for
 float32, whichever a probe finds faster; oneDNN for bfloat16:
-:mod:`kdtalker_core.backends.mkl_linear`). Everything runs in the parameters' dtype
+:mod:`kdtalker_core.backends.mkl_linear`). On CUDA the sampling step (time modulation, trunk and
+projections) is captured once per shape as a CUDA graph and replayed at every step and window
+(:mod:`kdtalker_core.cuda_graph`; ``KDTALKER_CUDA_GRAPH=0`` turns it off). Everything runs in the parameters' dtype
 (``model.to(torch.bfloat16)`` for bf16; matrix products accumulate in float32), except the small
 time MLP, which always runs in float32.
 """
@@ -38,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import cuda_graph as cuda_graphs
 from ..attention import attention
 from ..backends import mkl_linear
 from ..errors import InputError
@@ -70,6 +73,8 @@ class _Plan:
     time: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     packed_rows: int = 0  # row count the packed weights were prepared for (0: none)
     packed: list[tuple[mkl_linear.PackedWeight | None, ...]] = field(default_factory=list)  # per layer
+    #: captured sampling steps (CUDA) by the shapes and dtypes of their inputs; None: capture failed
+    graphs: dict[tuple, cuda_graphs.StepGraph | None] = field(default_factory=dict)
 
     def packed_for(self, rows: int) -> list[tuple[mkl_linear.PackedWeight | None, ...]]:
         """Per layer (block1, block2, block1', block2', qkv, proj) packed weights, or Nones.
@@ -389,7 +394,7 @@ class MotionDenoiser(nn.Module):
             return out.to(x.dtype)
 
     def window_eps_fn(self, ori_kps: torch.Tensor, ref_kps: torch.Tensor, aud_feat: torch.Tensor,
-                      timesteps: torch.Tensor | None = None) -> EpsFn:
+                      timesteps: torch.Tensor | None = None, cuda_graph: bool | None = None) -> EpsFn:
         """Noise predictor for one sampling window with the official conditioning.
 
         Tokens are [ori_kps, ref_kps, x_t] and the context is [0, 0, aud_feat]; the eps of the
@@ -403,6 +408,10 @@ class MotionDenoiser(nn.Module):
             timesteps: optional (S,) int64 CPU schedule the sampler will step through; their time
                 modulations are then computed here in one batched pass (same values as computed
                 step by step, up to the float rounding of a batched product).
+            cuda_graph: on CUDA, replay the step as a CUDA graph captured once per shape and kept
+                for later windows (:mod:`kdtalker_core.cuda_graph`; a failed or disagreeing
+                capture falls back to running the step directly). None: on unless
+                ``KDTALKER_CUDA_GRAPH=0``. Ignored on other devices.
 
         Returns:
             ``eps_fn(x_t (B, N, 70), t (B,) int64 or scalar) -> eps (B, N, 70)`` in x_t's dtype.
@@ -431,19 +440,42 @@ class MotionDenoiser(nn.Module):
                 self._cache_time_modulations(plan, timesteps, b)
 
             scale_buf, shift_buf = torch.empty_like(c_scale), torch.empty_like(c_shift)
+        graphed = device.type == "cuda" and (cuda_graphs.wanted(device) if cuda_graph is None else bool(cuda_graph))
+
+        def step(x_t: torch.Tensor, steps: torch.Tensor, c_scale: torch.Tensor, c_shift: torch.Tensor,
+                 cond_tokens: torch.Tensor) -> torch.Tensor:
+            # Everything that changes between steps or windows is an argument (a CUDA graph of this
+            # function is replayed with new values); rope, bias and the weights depend only on the
+            # shapes and parameters, which key the graph.
+            t_scale, t_shift = self._time_modulation(plan, steps)
+            # reused buffers: a fresh multi-MB tensor per step costs page faults on the CPU
+            torch.add(c_scale, t_scale, out=scale_buf)
+            torch.add(c_shift, t_shift, out=shift_buf)
+            h = torch.cat([cond_tokens, F.linear(x_t.to(dtype), w_in, b_in)], dim=1)
+            h = self._trunk(plan, h, scale_buf, shift_buf, rope, bias, packed)
+            return F.linear(h[:, 2:], w_out, b_out).to(x_t.dtype)
 
         def eps_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             with torch.inference_mode():
-                steps = _as_batch_timesteps(t, b)
-                t_scale, t_shift = self._time_modulation(plan, steps)
-                # reused buffers: a fresh multi-MB tensor per step costs page faults on the CPU
-                torch.add(c_scale, t_scale, out=scale_buf)
-                torch.add(c_shift, t_shift, out=shift_buf)
-                h = torch.cat([cond_tokens, F.linear(x_t.to(dtype), w_in, b_in)], dim=1)
-                h = self._trunk(plan, h, scale_buf, shift_buf, rope, bias, packed)
-                return F.linear(h[:, 2:], w_out, b_out).to(x_t.dtype)
+                args = (x_t, _as_batch_timesteps(t, b), c_scale, c_shift, cond_tokens)
+                if graphed:
+                    args = (x_t.to(device), args[1].to(device), *args[2:])
+                    graph = self._step_graph(plan, step, args)
+                    if graph is not None:
+                        return graph(*args)
+                return step(*args)
 
         return eps_fn
+
+    @staticmethod
+    def _step_graph(plan: _Plan, step: Callable[..., torch.Tensor],
+                    args: tuple[torch.Tensor, ...]) -> cuda_graphs.StepGraph | None:
+        """The plan's CUDA graph of ``step`` for inputs shaped like ``args``, captured on first use
+        (None when the capture failed: the step then runs directly)."""
+        key = tuple((tuple(a.shape), a.dtype) for a in args)
+        if key not in plan.graphs:
+            plan.graphs[key] = cuda_graphs.capture(step, args, name="denoiser sampling step")
+        return plan.graphs[key]
 
 
 def _as_batch_timesteps(t: torch.Tensor | int, batch: int) -> torch.Tensor:
