@@ -10,9 +10,12 @@ Backend names:
   the tensors are on CUDA.
 * ``"sdpa"``: ``torch.nn.functional.scaled_dot_product_attention`` (flash / memory-efficient / math
   kernels chosen by PyTorch).
-* ``"math"``: explicit matmul + softmax (float32 softmax); the reference the others are tested against.
+* ``"math"``: explicit matmul + softmax, all in float32 whatever the inputs' dtype (the result is
+  cast back); the reference the others are tested against.
 * ``"auto"``: the process-wide choice made with :func:`set_attention_backend` if it names a concrete
-  backend, otherwise xformers when usable for the given tensors, else SDPA.
+  backend, otherwise xformers when usable for the given tensors, else SDPA, except on the CPU for
+  short sequences (at most :data:`CPU_MATH_MAX_PAIRS` query-key pairs per head, such as the
+  denoiser's 66 tokens), where the float32 math path is both faster and at least as accurate.
 """
 
 from __future__ import annotations
@@ -28,6 +31,13 @@ from .errors import InputError
 BACKENDS: tuple[str, ...] = ("auto", "xformers", "sdpa", "math")
 
 _selected: str = "auto"
+
+#: "auto" on the CPU: attention over at most this many query x key pairs per head runs the float32
+#: math path instead of SDPA. Measured on a 2-core Zen 5 EPYC (2 threads, 12 heads of 64 channels,
+#: relative bias): 66 tokens float32 SDPA 295 us / math 185 us, bf16 219 / 172 us (the same error
+#: against float64: SDPA's bf16 kernel also computes in float32); 130 tokens 721 / 568 and 636 / 545;
+#: 258 tokens about equal (2299 / 2052, 2113 / 2150).
+CPU_MATH_MAX_PAIRS = 192 * 192
 
 
 def _check_name(name: str) -> str:
@@ -119,6 +129,9 @@ def attention(
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
     name = resolve_backend(backend, q.device)
+    if (name == "sdpa" and q.device.type == "cpu" and q.shape[-2] * k.shape[-2] <= CPU_MATH_MAX_PAIRS
+            and _check_name(backend) == "auto" and _selected == "auto"):
+        name = "math"
     if name == "sdpa":
         if bias is not None and bias.dim() < 4:
             # a 4-D mask keeps PyTorch on its fused CPU kernel (a 3-D one falls back to the math path)
@@ -132,14 +145,13 @@ def attention(
 def _math_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, scale: float
 ) -> torch.Tensor:
-    """Reference: scale q, (B,H,N,N) scores, add bias, float32 softmax, weight the values."""
-    if scale != 1.0:
-        q = q * scale
-    scores = q @ k.transpose(-2, -1)
-    if bias is not None:
-        scores = scores + bias
-    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
-    return weights @ v
+    """Reference, in float32: scale q, (B,H,N,N) scores, add bias, softmax, weight the values;
+    the result in q's dtype."""
+    qf = q.float() * scale  # a new tensor (q itself is never scaled in place)
+    scores = torch.matmul(qf, k.float().transpose(-2, -1))
+    if bias is not None:  # broadcastable to the (B,H,N,N) scores: added in place
+        scores.add_(bias.float())
+    return torch.matmul(torch.softmax(scores, dim=-1), v.float()).to(q.dtype)
 
 
 def _xformers_attention(

@@ -24,7 +24,8 @@ time part once per distinct timestep (cached), and the relative position bias an
 once per sequence length. The per-step work is then the token projections and attention only; on
 x86 CPUs the sampler multiplies with weights packed once per window (MKL or oneDNN for
 float32, whichever a probe finds faster; oneDNN for bfloat16:
-:mod:`kdtalker_core.backends.mkl_linear`). On CUDA the sampling step (time modulation, trunk and
+:mod:`kdtalker_core.backends.mkl_linear`), the residual blocks' second SiLU and the attention
+output's residual addition applied inside those products. On CUDA the sampling step (time modulation, trunk and
 projections) is captured once per shape as a CUDA graph and replayed at every step and window
 (:mod:`kdtalker_core.cuda_graph`; ``KDTALKER_CUDA_GRAPH=0`` turns it off). Everything runs in the parameters' dtype
 (``model.to(torch.bfloat16)`` for bf16; matrix products accumulate in float32), except the small
@@ -333,8 +334,7 @@ class MotionDenoiser(nn.Module):
                 w1, b1, w2, b2 = plan.res[r][:4]
                 h = F.layer_norm(mkl_linear.linear(x, w1, b1, pk[2 * j]), (d,), eps=LN_EPS)
                 h = F.silu(torch.addcmul(mod_shift[r], h, mod_scale[r]), inplace=True)
-                h = F.silu(mkl_linear.linear(h, w2, b2, pk[2 * j + 1]), inplace=True)
-                x = h.add_(x)
+                x = mkl_linear.linear(h, w2, b2, pk[2 * j + 1], silu=True).add_(x)
             y = F.layer_norm(x, (d,), ln_g, ln_b, eps=LN_EPS)
             qkv = mkl_linear.linear(y, w_qkv, None, pk[4]).view(b, n, 3, heads, head_dim)
             if rot:  # q and k: channel pairs as complex numbers, turned in float32 (2x faster than real ops)
@@ -344,7 +344,7 @@ class MotionDenoiser(nn.Module):
             q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))
             out = attention(q, k, v, bias, backend=self.attention_backend, scale=scale)
             out = out.transpose(1, 2).reshape(b, n, heads * head_dim)
-            x = mkl_linear.linear(out, w_proj, b_proj, pk[5]).add_(x)
+            x = mkl_linear.linear(out, w_proj, b_proj, pk[5], residual=x)
         return x
 
     def forward(
