@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 from kdtalker_core.backends import mkl_linear  # noqa: E402
 from kdtalker_core.networks.denoiser import MotionDenoiser  # noqa: E402
+from kdtalker_core.pipeline import resolve_device  # noqa: E402
 from kdtalker_core.sampling import ddim_timesteps, linear_alphas_cumprod, sample_ddim  # noqa: E402
 
 FRAMES = 64
@@ -159,8 +160,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                          else "cpu" if args.device == "auto" else args.device)
+    device = resolve_device(args.device)
 
     where = (torch.cuda.get_device_name(device) + f", CUDA graph {os.environ.get('KDTALKER_CUDA_GRAPH', 'on')}"
              if device.type == "cuda" else f"CPU capability {torch.backends.cpu.get_cpu_capability()}")

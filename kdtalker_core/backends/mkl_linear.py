@@ -62,6 +62,16 @@ def _mkl_present() -> bool:
     )
 
 
+def _trial_operands(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Small fixed operands for the one-time oneDNN trials: x (5,32), w (48,32), b (48,) in
+    ``dtype`` and w packed by oneDNN for 5 rows."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 32, generator=gen).to(dtype)
+    w = torch.randn(48, 32, generator=gen).to(dtype)
+    b = torch.randn(48, generator=gen).to(dtype)
+    return x, w, b, torch.ops.mkldnn._reorder_linear_weight(w, 5)
+
+
 @functools.lru_cache(maxsize=4)
 def _onednn_works(dtype: torch.dtype) -> bool:
     """True when oneDNN packs and multiplies a ``dtype`` weight here and matches ``F.linear`` (one trial)."""
@@ -70,11 +80,7 @@ def _onednn_works(dtype: torch.dtype) -> bool:
             or not hasattr(mkldnn, "_reorder_linear_weight") or not hasattr(mkldnn, "_linear_pointwise")):
         return False
     try:
-        gen = torch.Generator().manual_seed(0)
-        x = torch.randn(5, 32, generator=gen).to(dtype)
-        w = torch.randn(48, 32, generator=gen).to(dtype)
-        b = torch.randn(48, generator=gen).to(dtype)
-        packed = mkldnn._reorder_linear_weight(w, 5)
+        x, w, b, packed = _trial_operands(dtype)
         got = mkldnn._linear_pointwise(x, packed, b, "none", [], "")
         return bool(torch.allclose(got.float(), F.linear(x, w, b).float(), atol=0.05, rtol=0.02))
     except (RuntimeError, TypeError):
@@ -169,12 +175,8 @@ def _onednn_fusions_work(dtype: torch.dtype) -> bool:
         return False
     mkldnn = torch.ops.mkldnn
     try:
-        gen = torch.Generator().manual_seed(1)
-        x = torch.randn(5, 32, generator=gen).to(dtype)
-        w = torch.randn(48, 32, generator=gen).to(dtype)
-        b = torch.randn(48, generator=gen).to(dtype)
-        r = torch.randn(5, 48, generator=gen).to(dtype)
-        packed = mkldnn._reorder_linear_weight(w, 5)
+        x, w, b, packed = _trial_operands(dtype)
+        r = torch.randn(5, 48, generator=torch.Generator().manual_seed(1)).to(dtype)
         plain = F.linear(x.float(), w.float(), b.float())
         silu = mkldnn._linear_pointwise(x, packed, b, "swish", [], "")
         added = mkldnn._linear_pointwise.binary(x, r, packed, b, "add")
